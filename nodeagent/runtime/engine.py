@@ -1,0 +1,100 @@
+"""One interface for every container runtime the agent configures.
+
+Modelled on nvidia-container-toolkit's config engines and nodeadm's daemons: each runtime
+(docker, containerd) implements :class:`Engine`. The walk is always the same:
+
+    current = engine.read()          # I/O: read the runtime's config file(s)
+    plan    = engine.plan(current)   # pure: what to change and how to make it take effect
+    engine.apply(plan)               # the only side effects: lock, backup, write, reload/restart
+    engine.verify()                  # I/O: the running daemon shows the nvidia runtime
+
+so ``--dry-run`` is ``plan`` + :meth:`Plan.diff` and nothing else.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Optional, Protocol
+
+import attrs
+
+# Plan.activation values: what makes a written change take effect.
+ACTIVATE_NONE = "none"  # nothing changed, or the runtime is stopped (reads the file at start)
+ACTIVATE_RELOAD = "reload"  # dockerd SIGHUP / systemctl reload
+ACTIVATE_RESTART = "restart"  # systemctl restart
+
+
+@attrs.frozen
+class FileChange:
+    """One file's old and new text. ``old`` is None when the file does not exist."""
+
+    path: Path  # the path on this machine (already under --root)
+    host_path: str  # the path as the host sees it, for messages and diffs
+    old: Optional[str]
+    new: str
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+    def diff(self) -> str:
+        """A unified diff, ``a/`` the old file, ``b/`` the new one."""
+        return "".join(
+            difflib.unified_diff(
+                (self.old or "").splitlines(keepends=True),
+                self.new.splitlines(keepends=True),
+                fromfile=f"a{self.host_path}" if self.old is not None else "/dev/null",
+                tofile=f"b{self.host_path}",
+            )
+        )
+
+
+@attrs.frozen
+class Plan:
+    """What an engine will do. Empty ``changes`` means nothing to do (no write, no signal)."""
+
+    engine: str
+    changes: tuple[FileChange, ...] = ()
+    activation: str = ACTIVATE_NONE
+    # Why that activation (e.g. "only runtimes/default-runtime changed: reloadable").
+    reason: str = ""
+    # Problems that do not stop the write but the operator must hear (runtime binary absent).
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return any(c.changed for c in self.changes)
+
+    def diff(self) -> str:
+        return "".join(c.diff() for c in self.changes if c.changed)
+
+
+@attrs.frozen
+class ApplyResult:
+    """What actually happened: files written, how the daemon was told, whether it took."""
+
+    engine: str
+    written: tuple[str, ...] = ()  # host paths written
+    activation: str = ACTIVATE_NONE  # what was done: none / reload / restart
+    verified: bool = False
+    rolled_back: bool = False
+    message: str = ""
+
+
+class Engine(Protocol):
+    """A container runtime's configuration engine (docker, containerd)."""
+
+    name: str
+
+    def read(self) -> object:
+        """Read the current configuration; raise InputError naming the file if malformed."""
+
+    def plan(self, current: object) -> Plan:
+        """Pure: the change that makes ``current`` carry the nvidia runtime."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Lock, back up, write atomically, reload or restart, verify, roll back on failure."""
+
+    def verify(self) -> bool:
+        """Whether the running daemon shows the nvidia runtime (and as default, if asked)."""
