@@ -39,6 +39,9 @@ class DockerConfig:
     # Docker API endpoint used to verify (ping, info).
     host: str = "unix:///var/run/docker.sock"
     service: str = "docker.service"
+    # argv to reload / restart docker; empty means `systemctl reload|restart <service>`.
+    reload_command: tuple[str, ...] = ()
+    restart_command: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -49,6 +52,9 @@ class ContainerdConfig:
     use_drop_in: bool = True
     address: str = "/run/containerd/containerd.sock"
     service: str = "containerd.service"
+    # argv to restart containerd; empty means `systemctl restart <service>`. Never SIGHUP:
+    # containerd exits on SIGHUP.
+    restart_command: tuple[str, ...] = ()
 
 
 @attrs.frozen
