@@ -8,9 +8,15 @@ wrong type or a bad value is an :class:`~nodeagent.errors.InputError` whose mess
 
 from __future__ import annotations
 
-from typing import Optional
+import difflib
+import io
+import typing
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import attrs
+
+from nodeagent.errors import InputError
 
 DEFAULT_CONFIG_PATH = "/etc/nodeagent/config.yaml"
 
@@ -91,3 +97,161 @@ class Config:
     backup_keep: int = 10
     labels: LabelsConfig = attrs.field(factory=LabelsConfig)
     runtime: RuntimeConfig = attrs.field(factory=RuntimeConfig)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load(path: Path, *, must_exist: bool = False) -> Config:
+    """Read and validate the config file at ``path`` (already under ``--root``).
+
+    A missing file gives ``Config()`` unless ``must_exist`` (an explicit ``--config``).
+    Raises :class:`InputError` with ``PATH:LINE: what is wrong`` on any problem.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if must_exist:
+            raise InputError(f"{path}: no such file") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read: {e}") from None
+    return parse(text, str(path))
+
+
+def parse(text: str, name: str) -> Config:
+    """Validate YAML ``text`` (named ``name`` in errors) into a :class:`Config`."""
+    import yaml  # lazy: the CLI's --version must not pay for it
+
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"{name}:{line}: invalid YAML: {problem}") from None
+    if node is None:  # empty file or only comments
+        return Config()
+    cfg = _build(Config, node, name, "")
+    assert isinstance(cfg, Config)
+    _check_labels(cfg, node, name)
+    return cfg
+
+
+def _build(cls: type, node: Any, name: str, dotted: str) -> Any:
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        raise InputError(f"{name}:{_line(node)}: {dotted or 'the file'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        where = f"{dotted}.{key}" if dotted else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"{name}:{_line(key_node)}: unknown key '{where}'{hint}")
+        if key in kwargs:
+            raise InputError(f"{name}:{_line(key_node)}: duplicate key '{where}'")
+        kwargs[key] = _value(hints[key], value_node, name, where)
+        lines[key] = _line(key_node)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        bad = _field_in(str(e), lines)
+        line = lines.get(bad, _line(node)) if bad else _line(node)
+        raise InputError(f"{name}:{line}: {_describe(e, dotted, bad)}") from None
+
+
+def _value(tp: Any, node: Any, name: str, where: str) -> Any:
+    import yaml
+
+    line = _line(node)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:  # Optional[X]
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _value(inner, node, name, where)
+    if attrs.has(tp):
+        return _build(tp, node, name, where)
+    if origin is dict:
+        if not isinstance(node, yaml.MappingNode):
+            raise InputError(f"{name}:{line}: '{where}' must be a mapping")
+        out: dict[str, str] = {}
+        for k, v in node.value:
+            out[str(_scalar(str, k, name, where))] = _scalar(str, v, name, f"{where}.{k.value}")
+        return out
+    if origin is tuple:
+        if not isinstance(node, yaml.SequenceNode):
+            raise InputError(f"{name}:{line}: '{where}' must be a list")
+        return tuple(_scalar(args[0], item, name, where) for item in node.value)
+    return _scalar(tp, node, name, where)
+
+
+_SCALAR_TAGS = {
+    bool: ("tag:yaml.org,2002:bool",),
+    int: ("tag:yaml.org,2002:int",),
+    float: ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int"),
+    str: ("tag:yaml.org,2002:str",),
+}
+
+
+def _scalar(tp: Any, node: Any, name: str, where: str) -> Any:
+    import yaml
+
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in _SCALAR_TAGS[tp]:
+        shown = (
+            node.value if isinstance(node, yaml.ScalarNode) else type(node).__name__[:-4].lower()
+        )
+        raise InputError(f"{name}:{_line(node)}: '{where}' must be {expected}, not {shown!r}")
+    value = yaml.SafeLoader(io.StringIO("")).construct_object(node)
+    return tp(value)
+
+
+def _line(node: Any) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _field_in(message: str, names: dict[str, int]) -> Optional[str]:
+    # attrs validators name the attribute: "'restart_mode' must be in (...)".
+    for n in names:
+        if f"'{n}'" in message:
+            return n
+    return None
+
+
+def _describe(e: Exception, dotted: str, bad: Optional[str]) -> str:
+    msg = str(e)
+    if isinstance(e, ValueError) and e.args and len(e.args) >= 4 and bad:
+        # attrs.validators.in_ raises ValueError(msg, attribute, options, value)
+        where = f"{dotted}.{bad}" if dotted else bad
+        return f"'{where}' must be one of {', '.join(map(str, e.args[2]))}, not {e.args[3]!r}"
+    return msg
+
+
+def _check_labels(cfg: Config, root_node: Any, name: str) -> None:
+    from nodeagent.labels import label_key_problem
+
+    for key in cfg.labels.static:
+        problem = label_key_problem(key)
+        if problem:
+            line = _find_line(root_node, ("labels", "static", key))
+            raise InputError(f"{name}:{line}: labels.static: '{key}': {problem}")
+
+
+def _find_line(node: Any, keys: tuple[str, ...]) -> int:
+    for key in keys:
+        for k, v in node.value:
+            if k.value == key:
+                node = v
+                found = k
+                break
+        else:
+            return _line(node)
+    return _line(found)

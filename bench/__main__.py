@@ -1,0 +1,82 @@
+"""Benchmarks: `python -m bench [--runs N] [--write]`.
+
+Prints a Markdown table of median wall time and peak RSS of the agent's commands on this
+machine; `--write` also replaces the generated section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import HEADER, Measurement, measure
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN = "<!-- bench:begin -->"
+END = "<!-- bench:end -->"
+
+
+def run_cli(runs: int) -> list[Measurement]:
+    from tests.fakenvml.build import build
+
+    exe = str(REPO / ".venv" / "bin" / "nodeagent")
+    if not Path(exe).exists():
+        exe = "nodeagent"
+    out: list[Measurement] = []
+    out.append(measure("python floor", [sys.executable, "-c", "pass"], runs=runs))
+    out.append(measure("--version", [exe, "--version"], runs=runs, target="≤ 100 ms"))
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build(Path(tmp) / "lib")
+        profile = REPO / "tests" / "fakenvml" / "profiles" / "h100x8.json"
+        env = {"FAKE_NVML_PROFILE": str(profile), "LD_LIBRARY_PATH": str(lib.parent)}
+        root = Path(tmp) / "root"
+        root.mkdir()
+        for fmt in ("table", "json"):
+            out.append(
+                measure(
+                    f"detect -o {fmt} (8× H100, simulated NVML)",
+                    [exe, "--root", str(root), "detect", "-o", fmt],
+                    runs=runs,
+                    env=env,
+                    shown=f"nodeagent detect -o {fmt}",
+                    target="≤ 300 ms",
+                )
+            )
+    return out
+
+
+def render(results: list[Measurement]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        f"Measured {when} on {platform.node()} ({cpu}, Python {platform.python_version()}), "
+        "by `.venv/bin/python -m bench --write`.",
+        "",
+        HEADER,
+        *(m.row() for m in results),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = p.parse_args()
+    text = render(run_cli(args.runs))
+    sys.stdout.write(text)
+    if args.write:
+        doc = REPO / "docs" / "benchmarks.md"
+        old = doc.read_text()
+        head, rest = old.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        doc.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

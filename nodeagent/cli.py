@@ -1,0 +1,118 @@
+"""The ``nodeagent`` command line.
+
+Imports are lazy: each command imports what it needs when it runs, so ``nodeagent
+--version`` stays fast and never imports kubernetes or docker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
+
+import attrs
+
+from nodeagent import __version__
+from nodeagent.errors import EXIT_NO_GPU, EXIT_OK, NodeagentError
+
+if TYPE_CHECKING:
+    from nodeagent.config import Config
+    from nodeagent.paths import HostRoot
+
+
+@attrs.frozen
+class Context:
+    """What every command gets: the parsed arguments, the host root, the config."""
+
+    args: argparse.Namespace
+    root_dir: Path
+
+    def root(self) -> HostRoot:
+        from nodeagent.paths import HostRoot
+
+        return HostRoot(self.root_dir)
+
+    def config(self) -> Config:
+        """The validated config: ``--config`` as given, else the default path under --root."""
+        from nodeagent import config
+
+        if self.args.config:
+            return config.load(Path(self.args.config), must_exist=True)
+        return config.load(self.root().path(config.DEFAULT_CONFIG_PATH))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nodeagent",
+        description="Bootstrap and report NVIDIA GPU nodes for Kubernetes.",
+    )
+    p.add_argument("--version", action="version", version=f"nodeagent {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: /etc/nodeagent/config.yaml under --root; absent = defaults)",
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        default="/",
+        help="treat DIR as / for every host path read or written (like dpkg --root)",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv debug)")
+    p.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="log format on stderr (default: console on a TTY, JSON lines otherwise)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = sub.add_parser("detect", help="show the GPU inventory and the labels the node would get")
+    d.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    d.set_defaults(func=cmd_detect)
+    return p
+
+
+def cmd_detect(ctx: Context) -> int:
+    from nodeagent.gpu.inventory import STATE_OK
+    from nodeagent.gpu.nvml import detect
+    from nodeagent.labels import node_labels
+    from nodeagent.render import detect_table
+
+    cfg = ctx.config()
+    inv = detect(library=cfg.nvml_library, root=ctx.root())
+    labels = node_labels(inv, cfg.labels)
+    fmt = ctx.args.output
+    if fmt == "table":
+        if inv.state != STATE_OK:
+            print(f"nodeagent: {inv.message}", file=sys.stderr)
+        else:
+            sys.stdout.write(detect_table(inv, labels))
+    else:
+        from nodeagent.output import emit
+
+        doc = inv.to_dict()
+        doc["labels"] = dict(sorted(labels.items()))
+        emit(doc, fmt)
+    return EXIT_OK if inv.state == STATE_OK else EXIT_NO_GPU
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nodeagent import log
+
+    log.configure(args.log_format, args.verbose)
+    func: Callable[[Context], int] = args.func
+    try:
+        return func(Context(args=args, root_dir=Path(args.root)))
+    except NodeagentError as e:
+        print(f"nodeagent: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
