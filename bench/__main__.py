@@ -38,7 +38,7 @@ def run_cli(runs: int) -> list[Measurement]:
         for fmt in ("table", "json"):
             out.append(
                 measure(
-                    f"detect -o {fmt} (8× H100, simulated NVML)",
+                    f"detect -o {fmt} (8x H100, simulated NVML)",
                     [exe, "--root", str(root), "detect", "-o", fmt],
                     runs=runs,
                     env=env,

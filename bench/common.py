@@ -25,13 +25,13 @@ class Measurement:
     def row(self) -> str:
         return (
             f"| {self.name} | `{self.command}` | {self.runs} | {self.median_s * 1000:.1f} ms | "
-            f"{self.min_s * 1000:.1f}–{self.max_s * 1000:.1f} ms | {self.peak_rss_mib:.1f} MiB | "
+            f"{self.min_s * 1000:.1f}-{self.max_s * 1000:.1f} ms | {self.peak_rss_mib:.1f} MiB | "
             f"{self.target} |"
         )
 
 
 HEADER = (
-    "| what | command | runs | median | min–max | peak RSS | target |\n"
+    "| what | command | runs | median | min-max | peak RSS | target |\n"
     "|---|---|---|---|---|---|---|"
 )
 

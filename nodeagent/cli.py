@@ -76,12 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_detect(ctx: Context) -> int:
+    cfg = ctx.config()  # validate before anything else runs
+
     from nodeagent.gpu.inventory import STATE_OK
     from nodeagent.gpu.nvml import detect
     from nodeagent.labels import node_labels
     from nodeagent.render import detect_table
 
-    cfg = ctx.config()
     inv = detect(library=cfg.nvml_library, root=ctx.root())
     labels = node_labels(inv, cfg.labels)
     fmt = ctx.args.output

@@ -130,7 +130,7 @@ def parse(text: str, name: str) -> Config:
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InputError(f"{name}:{line}: invalid YAML: {problem}") from None
-    if node is None:  # empty file or only comments
+    if node is None or node.tag == "tag:yaml.org,2002:null":  # empty, comments, or "---"
         return Config()
     cfg = _build(Config, node, name, "")
     assert isinstance(cfg, Config)
@@ -142,7 +142,8 @@ def _build(cls: type, node: Any, name: str, dotted: str) -> Any:
     import yaml
 
     if not isinstance(node, yaml.MappingNode):
-        raise InputError(f"{name}:{_line(node)}: {dotted or 'the file'} must be a mapping")
+        what = f"'{dotted}'" if dotted else "the top level"
+        raise InputError(f"{name}:{_line(node)}: {what} must be a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls)}
     kwargs: dict[str, Any] = {}

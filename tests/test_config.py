@@ -100,10 +100,14 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     [
         ("no_gpu_is_error: yes please\n", "1: 'no_gpu_is_error' must be true or false"),
         ("backup_keep: ten\n", "1: 'backup_keep' must be an integer"),
-        ("\nruntime:\n  verify_timeout_s: soon\n", "3: 'runtime.verify_timeout_s' must be a number"),
+        (
+            "\nruntime:\n  verify_timeout_s: soon\n",
+            "3: 'runtime.verify_timeout_s' must be a number",
+        ),
         ("labels:\n  static: [a, b]\n", "2: 'labels.static' must be a mapping"),
         ("labels:\n  skip: nvidia.com/gpu.machine\n", "2: 'labels.skip' must be a list"),
-        ("runtime: docker\n", "1: runtime must be a mapping"),
+        ("runtime: docker\n", "1: 'runtime' must be a mapping"),
+        ("- a\n- b\n", "1: the top level must be a mapping"),
         ("node_name: [a]\n", "1: 'node_name' must be a string"),
     ],
 )
@@ -150,9 +154,10 @@ def test_every_key_is_documented() -> None:
         out = []
         for f in attrs.fields(cls):
             name = f"{prefix}{f.name}"
-            out.append(name)
             if attrs.has(hints[f.name]):
                 out += walk(hints[f.name], name + ".")
+            else:
+                out.append(name)
         return out
 
     missing = [k for k in walk(Config) if f"`{k}`" not in doc]

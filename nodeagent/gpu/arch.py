@@ -30,8 +30,11 @@ def arch_family(major: Optional[int], minor: Optional[int]) -> Optional[str]:
     }.get(major)
 
 
-_VENDOR_PREFIXES = ("NVIDIA ", "Tesla ", "Quadro ", "GeForce ", "TITAN ")
-_RTX_RE = re.compile(r"^(?:NVIDIA\s+)?(?:GeForce\s+)?(RTX|GTX)\s+(\w+)", re.IGNORECASE)
+_VENDOR_PREFIXES = ("NVIDIA ", "Tesla ", "Quadro ", "GeForce ")
+# Brand words that are part of the model: "GeForce RTX 4090" -> RTX-4090, "TITAN X" -> TITAN-X.
+_BRANDED_RE = re.compile(
+    r"^(?:NVIDIA\s+)?(?:GeForce\s+|Quadro\s+)?(RTX|GTX|TITAN)\s+(\w+)", re.IGNORECASE
+)
 
 
 def short_model(name: Optional[str]) -> Optional[str]:
@@ -39,12 +42,13 @@ def short_model(name: Optional[str]) -> Optional[str]:
 
     "Tesla V100-SXM2-16GB" -> "V100", "NVIDIA A100-SXM4-80GB" -> "A100",
     "NVIDIA H100 80GB HBM3" -> "H100", "NVIDIA GeForce RTX 4090" -> "RTX-4090",
-    "NVIDIA RTX A6000" -> "RTX-A6000". None when the name gives nothing usable.
+    "NVIDIA RTX A6000" -> "RTX-A6000", "NVIDIA TITAN X (Pascal)" -> "TITAN-X".
+    None when the name gives nothing usable.
     """
     if not name:
         return None
     s = name.strip()
-    m = _RTX_RE.match(s)
+    m = _BRANDED_RE.match(s)
     if m:
         return f"{m.group(1).upper()}-{m.group(2)}"
     changed = True
