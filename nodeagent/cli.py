@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
 
@@ -72,7 +72,101 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detect", help="show the GPU inventory and the labels the node would get")
     d.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     d.set_defaults(func=cmd_detect)
+
+    rt = sub.add_parser("runtime", help="configure the container runtime")
+    rt_sub = rt.add_subparsers(dest="runtime_command", metavar="ACTION")
+    rt_sub.required = True
+    c = rt_sub.add_parser(
+        "configure", help="add the nvidia runtime to docker or containerd, safely"
+    )
+    _runtime_flags(c)
+    default = c.add_mutually_exclusive_group()
+    default.add_argument(
+        "--set-as-default",
+        dest="set_as_default",
+        action="store_const",
+        const=True,
+        help="make the nvidia runtime the default (config: runtime.set_as_default)",
+    )
+    default.add_argument("--no-default", dest="set_as_default", action="store_const", const=False)
+    c.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
+    c.add_argument(
+        "--allow-restart",
+        action="store_const",
+        const=True,
+        help="allow a restart that stops running containers (live-restore off)",
+    )
+    c.add_argument("--restart-mode", choices=("auto", "reload", "restart", "none"))
+    c.set_defaults(func=cmd_runtime_configure)
+
+    rb = sub.add_parser(
+        "rollback", help="restore the newest backup of the runtime's config and reload/restart"
+    )
+    _runtime_flags(rb)
+    rb.set_defaults(func=cmd_rollback)
     return p
+
+
+def _runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runtime",
+        choices=("auto", "docker", "containerd"),
+        help="which runtime (default: config runtime.engine, auto = what is installed and running)",
+    )
+
+
+def _runtime_config(ctx: Context) -> Config:
+    """The config with the command's flags applied over ``runtime``."""
+    cfg = ctx.config()
+    a = ctx.args
+    changes: dict[str, Any] = {}
+    for flag in ("set_as_default", "allow_restart", "restart_mode"):
+        value = getattr(a, flag, None)
+        if value is not None:
+            changes[flag] = value
+    return attrs.evolve(cfg, runtime=attrs.evolve(cfg.runtime, **changes))
+
+
+def cmd_runtime_configure(ctx: Context) -> int:
+    from nodeagent.runtime.select import choose, make_engine
+
+    cfg = _runtime_config(ctx)
+    root = ctx.root()
+    name = choose(cfg, root, ctx.args.runtime)
+    if name is None:
+        print("runtime: skipped (runtime.engine is none)")
+        return EXIT_OK
+    engine = make_engine(name, cfg, root)
+    plan = engine.plan(engine.read())
+    for warning in plan.warnings:
+        print(f"{name}: warning: {warning}")
+    files = ", ".join(c.host_path for c in plan.changes if c.changed)
+    if not plan.changed:
+        print(f"{name}: unchanged (the nvidia runtime is already configured)")
+        return EXIT_OK
+    if ctx.args.dry_run:
+        sys.stdout.write(plan.diff())
+        print(f"{name}: would change {files}; then {plan.activation} ({plan.reason})")
+        return EXIT_OK
+    result = engine.apply(plan)
+    state = "verified" if result.verified else "not verified"
+    detail = f" ({result.message})" if result.message else ""
+    print(f"{name}: changed {files}; {result.activation}; {state}{detail}")
+    return EXIT_OK
+
+
+def cmd_rollback(ctx: Context) -> int:
+    from nodeagent.runtime.select import choose, make_engine
+
+    cfg = ctx.config()
+    root = ctx.root()
+    name = choose(cfg, root, ctx.args.runtime)
+    if name is None:
+        print("runtime: skipped (runtime.engine is none)")
+        return EXIT_OK
+    result = make_engine(name, cfg, root).rollback()
+    print(f"{name}: {result.message}")
+    return EXIT_OK
 
 
 def cmd_detect(ctx: Context) -> int:

@@ -98,3 +98,6 @@ class Engine(Protocol):
 
     def verify(self) -> bool:
         """Whether the running daemon shows the nvidia runtime (and as default, if asked)."""
+
+    def rollback(self) -> ApplyResult:
+        """Restore the newest backup of every file the engine writes, then reload/restart."""
