@@ -1,0 +1,45 @@
+"""Which Node this host is: the name the kubelet registers under.
+
+Order: ``node_name`` from the config; else the kubelet's ``--hostname-override`` (from
+its extra-args file, as the kubelet itself would see it); else the host name, lower-cased
+(the kubelet lower-cases it too: ``nodeutil.GetHostname``).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Callable, Optional
+
+from nodeagent.config import Config
+from nodeagent.fsutil import read_text_or_none
+from nodeagent.kube import kubeletargs
+from nodeagent.paths import HostRoot
+
+
+def hostname_override(args: tuple[str, ...]) -> Optional[str]:
+    for i, a in enumerate(args):
+        if a.startswith("--hostname-override="):
+            return a.split("=", 1)[1].strip() or None
+        if a == "--hostname-override" and i + 1 < len(args):
+            return args[i + 1].strip() or None
+    return None
+
+
+def node_name(
+    cfg: Config,
+    root: HostRoot,
+    extra_args_path: Optional[str] = None,
+    gethostname: Callable[[], str] = socket.gethostname,
+) -> str:
+    """The Node's name for this host (see module doc for the order)."""
+    if cfg.node_name:
+        return cfg.node_name
+    path = extra_args_path or kubeletargs.detect_path(
+        read_text_or_none(root.path("/etc/os-release"))
+    )
+    text = read_text_or_none(root.path(path))
+    if text:
+        override = hostname_override(kubeletargs.parse(text, path).args)
+        if override:
+            return override.lower()
+    return gethostname().strip().lower()
