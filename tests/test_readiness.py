@@ -98,7 +98,7 @@ def test_mig_devices_count_through_mig_resources() -> None:
             gpu_instance_id=i,
             compute_instance_id=0,
             memory_total_mib=9856,
-        )  # fmt: skip
+        )
         for i in range(7)
     )
     inventory = Inventory(state=STATE_OK, gpus=(GPU(index=0, mig_devices=migs), GPU(index=1)))
