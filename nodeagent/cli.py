@@ -179,6 +179,11 @@ def cmd_detect(ctx: Context) -> int:
 
     inv = detect(library=cfg.nvml_library, root=ctx.root())
     labels = node_labels(inv, cfg.labels)
+    import structlog
+
+    structlog.get_logger("nodeagent.detect").info(
+        "detect.done", state=inv.state, error=inv.error, gpus=len(inv.gpus), labels=len(labels)
+    )
     fmt = ctx.args.output
     if fmt == "table":
         if inv.state != STATE_OK:

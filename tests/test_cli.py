@@ -90,3 +90,35 @@ def test_json_logs_go_to_stderr_not_stdout(tmp_path: Path) -> None:
     assert doc["state"] == "no-driver"
     for line in r.stderr.splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+def test_console_logs_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    lib_dir = tmp_path / "empty"
+    lib_dir.mkdir()
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent", "--root", str(tmp_path), "-v", "detect", "-o", "json"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={"LD_LIBRARY_PATH": str(lib_dir), "PATH": "/usr/bin:/bin", "TERM": "dumb"},
+    )
+    os.close(follower)
+    out, _ = proc.communicate(timeout=60)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    err = b"".join(chunks).decode()
+    assert json.loads(out)["state"] == "no-driver"
+    assert "detect.done" in err
+    assert not err.lstrip().startswith("{")  # readable console line, not JSON

@@ -1,0 +1,98 @@
+"""Bounded waiting and retrying, one policy for every long wait.
+
+Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff and
+Jitter"), a deadline on the whole wait, a server's ``Retry-After`` honoured when it gives
+one, every attempt logged. Built on tenacity.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Callable, Optional, TypeVar
+
+import structlog
+import tenacity
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# HTTP statuses that are worth another try; 409 is handled by the caller (re-read, re-apply).
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+FINAL_STATUS = frozenset({400, 401, 403, 404, 405, 410, 422})
+
+
+class Retryable(Exception):
+    """Raise inside a retried call to ask for another try (optionally after a delay)."""
+
+    def __init__(self, message: str, retry_after_s: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
+    """``Retry-After`` in seconds (delta-seconds form; the API server sends that), or None."""
+    for k, v in headers.items():
+        if k.lower() == "retry-after":
+            try:
+                return max(0.0, float(v))
+            except ValueError:
+                return None
+    return None
+
+
+def status_is_retryable(status: int) -> bool:
+    return status in RETRYABLE_STATUS
+
+
+class _Wait(tenacity.wait.wait_base):
+    """Full-jitter exponential backoff, or the server's Retry-After when it sent one."""
+
+    def __init__(self, initial: float, maximum: float, rng: Callable[[], float]) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.rng = rng
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(exc, Retryable) and exc.retry_after_s is not None:
+            return min(exc.retry_after_s, self.maximum)
+        ceiling = min(self.maximum, self.initial * 2 ** (retry_state.attempt_number - 1))
+        return float(self.rng() * ceiling)
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    deadline_s: float,
+    initial_s: float = 0.2,
+    max_wait_s: float = 10.0,
+    retry_on: tuple[type[BaseException], ...] = (Retryable,),
+    rng: Callable[[], float] = random.random,
+) -> T:
+    """Call ``fn`` until it returns, retrying on ``retry_on`` within ``deadline_s``.
+
+    The last exception is re-raised when the deadline passes.
+    """
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.info(
+            "retry.wait",
+            what=what,
+            attempt=state.attempt_number,
+            sleep_s=round(state.upcoming_sleep, 3),
+            error=str(exc),
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(retry_on),
+        wait=_Wait(initial_s, max_wait_s, rng),
+        stop=tenacity.stop_after_delay(deadline_s),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(fn)
