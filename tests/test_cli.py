@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nodeagent import __version__
-from nodeagent.errors import EXIT_BAD_INPUT
+from nodeagent.errors import EXIT_BAD_INPUT, EXIT_NO_GPU
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,3 +124,88 @@ def test_console_logs_on_a_terminal(tmp_path: Path) -> None:
     assert json.loads(out)["state"] == "no-driver"
     assert "detect.done" in err
     assert not err.lstrip().startswith("{")  # readable console line, not JSON
+
+
+def test_detect_json_h100x8_real_values_and_labels(tmp_path: Path, fake_nvml) -> None:
+    (tmp_path / "sys/class/dmi/id").mkdir(parents=True)
+    (tmp_path / "sys/class/dmi/id/product_name").write_text("DGX H100\n")
+    r = nodeagent("--root", str(tmp_path), "detect", "-o", "json", env=fake_nvml.env("h100x8"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    data = fake_nvml.data("h100x8")
+    assert doc["schema_version"] == 1
+    assert doc["state"] == "ok"
+    assert doc["driver"]["version"] == data["driver_version"]
+    assert doc["machine"] == "DGX H100"
+    assert len(doc["gpus"]) == 8
+    for got, want in zip(doc["gpus"], data["gpus"]):
+        assert (got["name"], got["uuid"], got["pci_bus_id"], got["memory_total_mib"]) == (
+            want["name"],
+            want["uuid"],
+            want["pci_bus_id"],
+            want["memory_total_mib"],
+        )
+        assert got["compute_capability"] == want["compute_capability"]
+        assert got["architecture"] == "hopper"
+    labels = doc["labels"]
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    assert labels["nvidia.com/gpu.count"] == "8"
+    assert labels["nvidia.com/gpu.memory"] == "81559"
+    assert labels["nvidia.com/gpu.machine"] == "DGX-H100"
+    assert labels["gpu-type"] == "H100"
+
+
+def test_detect_yaml_is_the_same_document(tmp_path: Path, fake_nvml) -> None:
+    import yaml
+
+    env = fake_nvml.env("mixed")
+    j = nodeagent("--root", str(tmp_path), "detect", "-o", "json", env=env)
+    y = nodeagent("--root", str(tmp_path), "detect", "-o", "yaml", env=env)
+    assert json.loads(j.stdout) == yaml.safe_load(y.stdout)
+
+
+def test_detect_table_shows_gpus_and_labels(tmp_path: Path, fake_nvml) -> None:
+    r = nodeagent("--root", str(tmp_path), "detect", env=fake_nvml.env("gpu-lost"))
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("Driver 580.159.04  CUDA 13.0")
+    assert any("lost (NVML_ERROR_GPU_IS_LOST)" in ln for ln in lines)
+    assert "  nvidia.com/gpu.count=7" in lines
+    assert "  nodeagent.io/gpu.unhealthy=1" in lines
+
+
+def test_detect_no_driver_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    empty = tmp_path / "lib"
+    empty.mkdir()
+    r = nodeagent(
+        "--root", str(tmp_path), "detect", env={"LD_LIBRARY_PATH": str(empty), "PATH": "/usr/bin"}
+    )
+    assert r.returncode == EXIT_NO_GPU
+    assert r.stdout == ""
+    assert r.stderr == "nodeagent: no NVIDIA driver: libnvidia-ml.so.1 not found\n"
+
+
+@pytest.mark.parametrize(
+    ("profile", "line"),
+    [
+        (
+            "driver-not-loaded",
+            "nodeagent: NVML init failed: NVML_ERROR_DRIVER_NOT_LOADED (Driver Not Loaded)",
+        ),
+        ("zero-gpus", "nodeagent: NVML reports no GPU"),
+    ],
+)
+def test_detect_failure_states_exit_3(tmp_path: Path, fake_nvml, profile: str, line: str) -> None:
+    r = nodeagent("--root", str(tmp_path), "detect", env=fake_nvml.env(profile))
+    assert r.returncode == EXIT_NO_GPU
+    assert r.stderr.strip() == line
+
+
+def test_nvml_library_config_key(tmp_path: Path, fake_nvml) -> None:
+    cfg = tmp_path / "etc/nodeagent/config.yaml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(f"nvml_library: {fake_nvml.lib}\n")
+    env = {"FAKE_NVML_PROFILE": str(fake_nvml.profile("t4")), "PATH": "/usr/bin:/bin"}
+    r = nodeagent("--root", str(tmp_path), "detect", "-o", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gpus"][0]["name"] == "Tesla T4"

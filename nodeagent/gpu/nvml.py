@@ -1,0 +1,261 @@
+"""GPU detection through NVML (pynvml from nvidia-ml-py): facts in, an Inventory out.
+
+Failure modes are states, never tracebacks: no library is ``no-driver``; a failing
+``nvmlInit`` is ``nvml-error`` with the NVML error's name; one GPU that fell off the bus is
+listed as ``lost`` while the others are still reported. A query a GPU does not support
+(power limit on some boards, MIG on pre-Ampere) leaves that field None.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import threading
+from typing import Any, Callable, Optional, TypeVar
+
+import structlog
+
+from nodeagent.gpu.arch import arch_family
+from nodeagent.gpu.inventory import (
+    GPU,
+    GPU_ERROR,
+    GPU_LOST,
+    STATE_NO_DRIVER,
+    STATE_NO_GPU,
+    STATE_NVML_ERROR,
+    STATE_OK,
+    Inventory,
+    MigDevice,
+)
+from nodeagent.paths import HostRoot
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# pynvml keeps the loaded library in a module global; detection swaps it when a
+# specific library is configured, so two detections must not interleave.
+_lock = threading.Lock()
+
+_MIG_PROFILE_RE = re.compile(r"\bMIG\s+(\d+g\.\d+gb(?:\+\w+)?)\b")
+
+
+def error_name(err: BaseException) -> str:
+    """The NVML_ERROR_* name of a pynvml NVMLError (e.g. ``NVML_ERROR_GPU_IS_LOST``)."""
+    import pynvml
+
+    value = getattr(err, "value", None)
+    for name in dir(pynvml):
+        if name.startswith("NVML_ERROR_") and getattr(pynvml, name) == value:
+            return name
+    return f"NVML_ERROR_{value}"
+
+
+class _Unsupported(Exception):
+    """A query NVML does not support on this device: the field stays None."""
+
+
+def _query(fn: Callable[..., T], *args: Any) -> Optional[T]:
+    """Call ``fn``; None for NOT_SUPPORTED / NOT_FOUND, re-raise any other NVML error."""
+    import pynvml
+
+    try:
+        return fn(*args)
+    except pynvml.NVMLError as e:
+        if e.value in (
+            pynvml.NVML_ERROR_NOT_SUPPORTED,
+            pynvml.NVML_ERROR_NOT_FOUND,
+            pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+        ):
+            return None
+        raise
+
+
+def _text(v: object) -> Optional[str]:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    return str(v)
+
+
+def _load(library: Optional[str]) -> None:
+    """Load ``library`` as pynvml's NVML, or let pynvml find libnvidia-ml.so.1."""
+    import pynvml
+
+    if library is None:
+        return
+    try:
+        lib = ctypes.CDLL(library)
+    except OSError:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND) from None
+    pynvml.nvmlLib = lib
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+def detect(library: Optional[str] = None, root: HostRoot = HostRoot()) -> Inventory:  # noqa: B008
+    """Read the node's GPUs. ``library`` names a libnvidia-ml.so.1 to load (config key
+    ``nvml_library``); ``root`` is where ``/sys/class/dmi/id/product_name`` is read."""
+    machine = _machine(root)
+    with _lock:
+        return _detect(library, machine)
+
+
+def _detect(library: Optional[str], machine: Optional[str]) -> Inventory:
+    import pynvml
+
+    try:
+        _load(library)
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        name = error_name(e)
+        if name == "NVML_ERROR_LIBRARY_NOT_FOUND":
+            where = library or "libnvidia-ml.so.1"
+            return Inventory(
+                state=STATE_NO_DRIVER,
+                error=name,
+                message=f"no NVIDIA driver: {where} not found",
+                machine=machine,
+            )
+        return Inventory(
+            state=STATE_NVML_ERROR,
+            error=name,
+            message=f"NVML init failed: {name} ({_describe(e)})",
+            machine=machine,
+        )
+    try:
+        return _read(machine)
+    except pynvml.NVMLError as e:
+        name = error_name(e)
+        return Inventory(
+            state=STATE_NVML_ERROR,
+            error=name,
+            message=f"NVML query failed: {name} ({_describe(e)})",
+            machine=machine,
+        )
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError as e:
+            log.debug("nvml.shutdown_failed", error=error_name(e))
+        if library is not None:
+            # Forget the configured library so a later default detection searches again.
+            pynvml.nvmlLib = None
+            pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+def _describe(e: BaseException) -> str:
+    try:
+        return str(e)
+    except Exception:  # pynvml's __str__ calls back into the library
+        return repr(e)
+
+
+def _read(machine: Optional[str]) -> Inventory:
+    import pynvml
+
+    driver = _text(pynvml.nvmlSystemGetDriverVersion())
+    nvml_version = _text(_query(pynvml.nvmlSystemGetNVMLVersion))
+    cuda_raw = _query(pynvml.nvmlSystemGetCudaDriverVersion)
+    cuda = f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}" if cuda_raw else None
+    count = pynvml.nvmlDeviceGetCount()
+    gpus = tuple(_gpu(i) for i in range(count))
+    common = dict(
+        driver_version=driver, cuda_driver_version=cuda, nvml_version=nvml_version,
+        machine=machine,
+    )  # fmt: skip
+    if not gpus:
+        return Inventory(state=STATE_NO_GPU, message="NVML reports no GPU", **common)  # type: ignore[arg-type]
+    return Inventory(state=STATE_OK, gpus=gpus, **common)  # type: ignore[arg-type]
+
+
+def _gpu(index: int) -> GPU:
+    import pynvml
+
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = _text(pynvml.nvmlDeviceGetName(handle))
+    except pynvml.NVMLError as e:
+        err = error_name(e)
+        state = GPU_LOST if e.value == pynvml.NVML_ERROR_GPU_IS_LOST else GPU_ERROR
+        log.warning("nvml.gpu_unreadable", index=index, error=err)
+        return GPU(index=index, state=state, error=err)
+    try:
+        return _read_gpu(index, handle, name)
+    except pynvml.NVMLError as e:
+        err = error_name(e)
+        state = GPU_LOST if e.value == pynvml.NVML_ERROR_GPU_IS_LOST else GPU_ERROR
+        log.warning("nvml.gpu_unreadable", index=index, error=err)
+        return GPU(index=index, state=state, error=err, name=name)
+
+
+def _read_gpu(index: int, handle: Any, name: Optional[str]) -> GPU:
+    import pynvml
+
+    uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+    pci = pynvml.nvmlDeviceGetPciInfo(handle)
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    cc = _query(pynvml.nvmlDeviceGetCudaComputeCapability, handle)
+    major, minor = (int(cc[0]), int(cc[1])) if cc else (None, None)
+    mig = _query(pynvml.nvmlDeviceGetMigMode, handle)
+    current = pending = None
+    mig_devices: tuple[MigDevice, ...] = ()
+    if mig is not None:
+        current = "enabled" if mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE else "disabled"
+        pending = "enabled" if mig[1] == pynvml.NVML_DEVICE_MIG_ENABLE else "disabled"
+        if current == "enabled":
+            mig_devices = _mig_devices(handle)
+    power_mw = _query(pynvml.nvmlDeviceGetPowerManagementLimit, handle)
+    return GPU(
+        index=index,
+        name=name,
+        uuid=uuid,
+        pci_bus_id=_text(pci.busId),
+        pci_device_id=f"0x{pci.pciDeviceId:08X}",
+        memory_total_mib=int(memory.total) // (1024 * 1024),
+        compute_major=major,
+        compute_minor=minor,
+        architecture=arch_family(major, minor),
+        mig_capable=mig is not None,
+        mig_mode_current=current,
+        mig_mode_pending=pending,
+        mig_devices=mig_devices,
+        power_limit_w=power_mw / 1000.0 if power_mw is not None else None,
+    )
+
+
+def _mig_devices(handle: Any) -> tuple[MigDevice, ...]:
+    import pynvml
+
+    found: list[MigDevice] = []
+    slots = _query(pynvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+    for slot in range(slots):
+        mig = _query(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot)
+        if mig is None:
+            continue  # an empty slot
+        name = _text(pynvml.nvmlDeviceGetName(mig)) or ""
+        attrs = _query(pynvml.nvmlDeviceGetAttributes, mig)
+        m = _MIG_PROFILE_RE.search(name)
+        found.append(
+            MigDevice(
+                index=len(found),
+                uuid=_text(pynvml.nvmlDeviceGetUUID(mig)) or "",
+                name=name,
+                profile=m.group(1) if m else None,
+                gpu_instance_id=int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
+                compute_instance_id=int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
+                memory_total_mib=int(pynvml.nvmlDeviceGetMemoryInfo(mig).total) // (1024 * 1024),
+                multiprocessor_count=int(attrs.multiprocessorCount) if attrs else None,
+                gpu_instance_slices=int(attrs.gpuInstanceSliceCount) if attrs else None,
+                compute_instance_slices=int(attrs.computeInstanceSliceCount) if attrs else None,
+            )
+        )
+    return tuple(found)
+
+
+def _machine(root: HostRoot) -> Optional[str]:
+    try:
+        text = root.path("/sys/class/dmi/id/product_name").read_text(errors="replace").strip()
+    except OSError:
+        return None
+    return text or None

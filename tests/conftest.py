@@ -1,0 +1,54 @@
+"""Shared fixtures: the simulated GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from tests.fakenvml.build import build, profile
+
+
+@attrs.frozen
+class FakeNVML:
+    """The built fake ``libnvidia-ml.so.1`` and helpers to point NVML users at a profile."""
+
+    lib: Path
+
+    def profile(self, name: str) -> Path:
+        return profile(name)
+
+    def data(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(profile(name).read_text())
+        return data
+
+    def env(self, name_or_path: str | Path, **extra: str) -> dict[str, str]:
+        """Environment for a subprocess whose NVML is the simulated GPU."""
+        path = Path(name_or_path) if isinstance(name_or_path, Path) else profile(name_or_path)
+        return {
+            **os.environ,
+            "FAKE_NVML_PROFILE": str(path),
+            "LD_LIBRARY_PATH": str(self.lib.parent),
+            **extra,
+        }
+
+
+@pytest.fixture(scope="session")
+def fake_nvml(tmp_path_factory: pytest.TempPathFactory) -> FakeNVML:
+    return FakeNVML(lib=build(tmp_path_factory.mktemp("fakenvml")))
+
+
+@pytest.fixture
+def use_profile(fake_nvml: FakeNVML, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Point this process's NVML (through ``detect(library=...)``) at a profile."""
+
+    def use(name_or_path: str | Path) -> str:
+        path = name_or_path if isinstance(name_or_path, Path) else profile(name_or_path)
+        monkeypatch.setenv("FAKE_NVML_PROFILE", str(path))
+        return str(fake_nvml.lib)
+
+    return use

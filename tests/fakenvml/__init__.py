@@ -1,0 +1,1 @@
+"""The simulated GPU: a fake libnvidia-ml.so.1 driven by JSON profiles (see README.md)."""

@@ -1,0 +1,68 @@
+"""Build the simulated ``libnvidia-ml.so.1`` with gcc against NVIDIA's ``nvml.h``.
+
+``nvml.h`` comes from the ``nvidia-nvml-dev`` wheel (a test dependency). Run as
+``python -m tests.fakenvml.build OUT_DIR``: prints the library's path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "fakenvml.c"
+PROFILES = HERE / "profiles"
+LIBNAME = "libnvidia-ml.so.1"
+
+
+def nvml_header_dir() -> Path:
+    """The include directory of the installed nvidia-nvml-dev wheel."""
+    import nvidia  # namespace package from the nvidia-* wheels
+
+    for base in nvidia.__path__:
+        for header in sorted(Path(base).glob("*/include/nvml.h")):
+            return header.parent
+    raise RuntimeError("nvml.h not found: pip install nvidia-nvml-dev")
+
+
+def build(out_dir: Path) -> Path:
+    """Compile into ``out_dir`` unless an up-to-date build is there; return the library."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / LIBNAME
+    if lib.exists() and lib.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return lib
+    tmp = out_dir / f".{LIBNAME}.tmp"
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-deprecated-declarations",
+            f"-I{nvml_header_dir()}",
+            f"-Wl,-soname,{LIBNAME}",
+            "-o",
+            str(tmp),
+            str(SOURCE),
+        ],
+        check=True,
+    )
+    tmp.replace(lib)
+    return lib
+
+
+def profile(name: str) -> Path:
+    path = PROFILES / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no simulated GPU profile {name!r} in {PROFILES}")
+    return path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m tests.fakenvml.build OUT_DIR")
+    print(build(Path(sys.argv[1])))
