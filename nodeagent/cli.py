@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         "rollback", help="restore the newest backup of the runtime's config and reload/restart"
     )
     _runtime_flags(rb)
+    rb.add_argument(
+        "--allow-restart",
+        action="store_const",
+        const=True,
+        help="allow a restart that stops running containers (live-restore off)",
+    )
     rb.set_defaults(func=cmd_rollback)
     return p
 
@@ -158,7 +164,7 @@ def cmd_runtime_configure(ctx: Context) -> int:
 def cmd_rollback(ctx: Context) -> int:
     from nodeagent.runtime.select import choose, make_engine
 
-    cfg = ctx.config()
+    cfg = _runtime_config(ctx)
     root = ctx.root()
     name = choose(cfg, root, ctx.args.runtime)
     if name is None:

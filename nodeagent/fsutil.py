@@ -23,7 +23,9 @@ from nodeagent.errors import StepFailed
 
 # Tests set this to a path; write_atomic then creates it and waits until it is removed,
 # between writing the temp file and renaming it, so a test can kill the process there.
+# With NODEAGENT_TEST_PAUSE_NAME set, only writes of a file of that name pause.
 PAUSE_BEFORE_RENAME_ENV = "NODEAGENT_TEST_PAUSE_BEFORE_RENAME"
+PAUSE_NAME_ENV = "NODEAGENT_TEST_PAUSE_NAME"
 
 
 @attrs.frozen
@@ -66,13 +68,18 @@ def write_atomic(path: Path, data: str, meta: Optional[FileMeta] = None) -> None
             _chown_quietly(f.fileno(), meta)
             os.fchmod(f.fileno(), meta.mode)
             os.fsync(f.fileno())
-        _test_pause()
+        _test_pause(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+    # Temp files of this name left by a writer killed mid-write (writers hold the host
+    # lock, so no other temp file is in use now).
+    for stale in path.parent.glob(f".{path.name}.nodeagent-tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def fsync_dir(directory: Path) -> None:
@@ -92,9 +99,9 @@ def _chown_quietly(fd: int, meta: FileMeta) -> None:
             raise
 
 
-def _test_pause() -> None:
+def _test_pause(path: Path) -> None:
     marker = os.environ.get(PAUSE_BEFORE_RENAME_ENV)
-    if not marker:
+    if not marker or os.environ.get(PAUSE_NAME_ENV, path.name) != path.name:
         return
     Path(marker).write_text(str(os.getpid()))
     while Path(marker).exists():

@@ -20,7 +20,7 @@ class HostRoot:
     ``/etc/docker/daemon.json`` to ``/tmp/x/etc/docker/daemon.json``.
     """
 
-    root: Path = Path("/")
+    root: Path = attrs.field(default=Path("/"), converter=Path)
 
     def path(self, host_path: str | os.PathLike[str]) -> Path:
         """Map an absolute host path to the path on this machine."""

@@ -37,7 +37,9 @@ T = TypeVar("T")
 # specific library is configured, so two detections must not interleave.
 _lock = threading.Lock()
 
-_MIG_PROFILE_RE = re.compile(r"\bMIG\s+(\d+g\.\d+gb(?:\+\w+)?)\b")
+# "NVIDIA A100-SXM4-80GB MIG 1g.10gb", "... MIG 1g.10gb+me", and "... MIG 1c.3g.40gb" for a
+# compute instance smaller than its GPU instance (the names nvidia-smi -L shows).
+_MIG_PROFILE_RE = re.compile(r"\bMIG\s+((?:\d+c\.)?\d+g\.\d+gb(?:\+[a-z]+)*)(?:\s|$)")
 
 
 def error_name(err: BaseException) -> str:
@@ -49,10 +51,6 @@ def error_name(err: BaseException) -> str:
         if name.startswith("NVML_ERROR_") and getattr(pynvml, name) == value:
             return name
     return f"NVML_ERROR_{value}"
-
-
-class _Unsupported(Exception):
-    """A query NVML does not support on this device: the field stays None."""
 
 
 def _query(fn: Callable[..., T], *args: Any) -> Optional[T]:
@@ -79,23 +77,13 @@ def _text(v: object) -> Optional[str]:
     return str(v)
 
 
-def _load(library: Optional[str]) -> None:
-    """Load ``library`` as pynvml's NVML, or let pynvml find libnvidia-ml.so.1."""
-    import pynvml
-
-    if library is None:
-        return
-    try:
-        lib = ctypes.CDLL(library)
-    except OSError:
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND) from None
-    pynvml.nvmlLib = lib
-    pynvml._nvmlGetFunctionPointer_cache.clear()
-
-
 def detect(library: Optional[str] = None, root: HostRoot = HostRoot()) -> Inventory:  # noqa: B008
-    """Read the node's GPUs. ``library`` names a libnvidia-ml.so.1 to load (config key
-    ``nvml_library``); ``root`` is where ``/sys/class/dmi/id/product_name`` is read."""
+    """Read the node's GPUs through NVML.
+
+    ``library`` is the path of a libnvidia-ml.so.1 to load instead of the dynamic loader's
+    search (config key ``nvml_library``); ``root`` is where ``/sys/class/dmi/id/product_name``
+    is read for :attr:`Inventory.machine`. Never raises for NVML failures: they are states.
+    """
     machine = _machine(root)
     with _lock:
         return _detect(library, machine)
@@ -104,44 +92,68 @@ def detect(library: Optional[str] = None, root: HostRoot = HostRoot()) -> Invent
 def _detect(library: Optional[str], machine: Optional[str]) -> Inventory:
     import pynvml
 
+    saved = pynvml.nvmlLib
     try:
-        _load(library)
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as e:
-        name = error_name(e)
-        if name == "NVML_ERROR_LIBRARY_NOT_FOUND":
-            where = library or "libnvidia-ml.so.1"
+        try:
+            if library is not None:
+                _use_library(library)
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as e:
+            return _init_failed(e, library, machine)
+        try:
+            return _read(machine)
+        except pynvml.NVMLError as e:
+            name = error_name(e)
             return Inventory(
-                state=STATE_NO_DRIVER,
+                state=STATE_NVML_ERROR,
                 error=name,
-                message=f"no NVIDIA driver: {where} not found",
+                message=f"NVML query failed: {name} ({_describe(e)})",
                 machine=machine,
             )
-        return Inventory(
-            state=STATE_NVML_ERROR,
-            error=name,
-            message=f"NVML init failed: {name} ({_describe(e)})",
-            machine=machine,
-        )
-    try:
-        return _read(machine)
-    except pynvml.NVMLError as e:
-        name = error_name(e)
-        return Inventory(
-            state=STATE_NVML_ERROR,
-            error=name,
-            message=f"NVML query failed: {name} ({_describe(e)})",
-            machine=machine,
-        )
+        finally:
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError as e:
+                log.debug("nvml.shutdown_failed", error=error_name(e))
     finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError as e:
-            log.debug("nvml.shutdown_failed", error=error_name(e))
-        if library is not None:
-            # Forget the configured library so a later default detection searches again.
-            pynvml.nvmlLib = None
+        if library is not None and pynvml.nvmlLib is not saved:
+            # Give back whatever library was loaded before (None: search again next time),
+            # so a configured library never leaks into later default detections.
+            pynvml.nvmlLib = saved
             pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+def _use_library(library: str) -> None:
+    """Make pynvml use ``library``; a path that cannot be loaded is LIBRARY_NOT_FOUND."""
+    import pynvml
+
+    current = pynvml.nvmlLib
+    if current is not None and getattr(current, "_name", None) == library:
+        return  # already the one in use
+    try:
+        lib = ctypes.CDLL(library)
+    except OSError:
+        pynvml.nvmlLib = None  # so the finally in _detect has nothing stale to restore
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND) from None
+    pynvml.nvmlLib = lib
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+def _init_failed(e: Exception, library: Optional[str], machine: Optional[str]) -> Inventory:
+    name = error_name(e)
+    if name == "NVML_ERROR_LIBRARY_NOT_FOUND":
+        return Inventory(
+            state=STATE_NO_DRIVER,
+            error=name,
+            message=f"no NVIDIA driver: {library or 'libnvidia-ml.so.1'} not found",
+            machine=machine,
+        )
+    return Inventory(
+        state=STATE_NVML_ERROR,
+        error=name,
+        message=f"NVML init failed: {name} ({_describe(e)})",
+        machine=machine,
+    )
 
 
 def _describe(e: BaseException) -> str:
@@ -156,17 +168,31 @@ def _read(machine: Optional[str]) -> Inventory:
 
     driver = _text(pynvml.nvmlSystemGetDriverVersion())
     nvml_version = _text(_query(pynvml.nvmlSystemGetNVMLVersion))
-    cuda_raw = _query(pynvml.nvmlSystemGetCudaDriverVersion)
-    cuda = f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}" if cuda_raw else None
-    count = pynvml.nvmlDeviceGetCount()
-    gpus = tuple(_gpu(i) for i in range(count))
-    common = dict(
-        driver_version=driver, cuda_driver_version=cuda, nvml_version=nvml_version,
+    cuda = cuda_version(_query(pynvml.nvmlSystemGetCudaDriverVersion))
+    gpus = tuple(_gpu(i) for i in range(pynvml.nvmlDeviceGetCount()))
+    return Inventory(
+        state=STATE_OK if gpus else STATE_NO_GPU,
+        message=None if gpus else "NVML reports no GPU",
+        driver_version=driver,
+        cuda_driver_version=cuda,
+        nvml_version=nvml_version,
+        gpus=gpus,
         machine=machine,
-    )  # fmt: skip
-    if not gpus:
-        return Inventory(state=STATE_NO_GPU, message="NVML reports no GPU", **common)  # type: ignore[arg-type]
-    return Inventory(state=STATE_OK, gpus=gpus, **common)  # type: ignore[arg-type]
+    )
+
+
+def cuda_version(raw: Optional[int]) -> Optional[str]:
+    """NVML's CUDA driver version integer as "major.minor": 12040 -> "12.4", 13000 -> "13.0"."""
+    if not raw or raw < 0:
+        return None
+    return f"{raw // 1000}.{raw % 1000 // 10}"
+
+
+def mig_profile(name: str) -> Optional[str]:
+    """The MIG profile in an NVML MIG device name: "NVIDIA A100-SXM4-80GB MIG 1g.10gb" ->
+    "1g.10gb" (also "1g.10gb+me", "1c.3g.40gb"); None when the name has none."""
+    m = _MIG_PROFILE_RE.search(name)
+    return m.group(1) if m else None
 
 
 def _gpu(index: int) -> GPU:
@@ -235,13 +261,12 @@ def _mig_devices(handle: Any) -> tuple[MigDevice, ...]:
             continue  # an empty slot
         name = _text(pynvml.nvmlDeviceGetName(mig)) or ""
         attrs = _query(pynvml.nvmlDeviceGetAttributes, mig)
-        m = _MIG_PROFILE_RE.search(name)
         found.append(
             MigDevice(
                 index=len(found),
                 uuid=_text(pynvml.nvmlDeviceGetUUID(mig)) or "",
                 name=name,
-                profile=m.group(1) if m else None,
+                profile=mig_profile(name),
                 gpu_instance_id=int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
                 compute_instance_id=int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
                 memory_total_mib=int(pynvml.nvmlDeviceGetMemoryInfo(mig).total) // (1024 * 1024),

@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,7 +77,9 @@ static char *j_string(jparser *p) {
     while (*p->s && *p->s != '"') {
         char c = *p->s++;
         if (c == '\\') {
-            char e = *p->s++;
+            char e = *p->s;
+            if (!e) break; /* a backslash at the very end: unterminated string */
+            p->s++;
             switch (e) {
             case 'n': c = '\n'; break;
             case 't': c = '\t'; break;
@@ -194,61 +197,85 @@ static long long j_int(const jval *obj, const char *key, long long dflt) {
 
 /* ------------------------------------------------------------------ the simulated node */
 
+/*
+ * Handles are stable addresses (one per GPU index and MIG slot) that carry only indices;
+ * every call looks the index up in the profile loaded now. So a handle taken before a
+ * reload answers from the new profile, like a real handle after the GPU changed.
+ */
 struct nvmlDevice_st {
-    int gpu;  /* index of the physical GPU */
-    int mig;  /* -1 for the GPU itself, else the MIG device's slot */
+    int gpu; /* index of the physical GPU */
+    int mig; /* -1 for the GPU itself, else the MIG device's slot */
 };
+
+static struct nvmlDevice_st g_handles[MAX_GPUS];
+static struct nvmlDevice_st g_mig_handles[MAX_GPUS][MAX_MIG];
+
+static jval *g_profile;          /* the parsed profile, NULL when not initialised */
+static const jval *g_gpus[MAX_GPUS]; /* g_profile's "gpus" items */
+static int g_ngpus;
+static int g_refcount; /* NVML counts nvmlInit calls; only the last nvmlShutdown shuts down */
+
+/*
+ * One recursive lock around every entry point: a watcher thread may wait for events while
+ * another thread re-initialises (and so re-reads the profile). Recursive because entry
+ * points call each other. LOCKED releases it when the enclosing scope ends.
+ */
+static pthread_mutex_t g_mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+
+static void unlock_mu(pthread_mutex_t **m) { pthread_mutex_unlock(*m); }
+
+#define LOCKED                                                                 \
+    pthread_mutex_t *_held __attribute__((cleanup(unlock_mu), unused)) = &g_mu; \
+    pthread_mutex_lock(_held)
 
 typedef struct {
-    const jval *json;
-    struct nvmlDevice_st handle;
-    struct nvmlDevice_st mig_handles[MAX_MIG];
-    int n_mig;
-} gpu_t;
+    const char *name;
+    nvmlReturn_t code;
+    const char *text; /* what the real nvmlErrorString says */
+} errinfo;
 
-static jval *g_profile;
-static gpu_t g_gpus[MAX_GPUS];
-static int g_ngpus;
-static int g_initialized;
-
-typedef struct { const char *name; nvmlReturn_t code; } errname;
-static const errname ERRORS[] = {
-    {"NVML_SUCCESS", NVML_SUCCESS},
-    {"NVML_ERROR_UNINITIALIZED", NVML_ERROR_UNINITIALIZED},
-    {"NVML_ERROR_INVALID_ARGUMENT", NVML_ERROR_INVALID_ARGUMENT},
-    {"NVML_ERROR_NOT_SUPPORTED", NVML_ERROR_NOT_SUPPORTED},
-    {"NVML_ERROR_NO_PERMISSION", NVML_ERROR_NO_PERMISSION},
-    {"NVML_ERROR_ALREADY_INITIALIZED", NVML_ERROR_ALREADY_INITIALIZED},
-    {"NVML_ERROR_NOT_FOUND", NVML_ERROR_NOT_FOUND},
-    {"NVML_ERROR_INSUFFICIENT_SIZE", NVML_ERROR_INSUFFICIENT_SIZE},
-    {"NVML_ERROR_INSUFFICIENT_POWER", NVML_ERROR_INSUFFICIENT_POWER},
-    {"NVML_ERROR_DRIVER_NOT_LOADED", NVML_ERROR_DRIVER_NOT_LOADED},
-    {"NVML_ERROR_TIMEOUT", NVML_ERROR_TIMEOUT},
-    {"NVML_ERROR_IRQ_ISSUE", NVML_ERROR_IRQ_ISSUE},
-    {"NVML_ERROR_LIBRARY_NOT_FOUND", NVML_ERROR_LIBRARY_NOT_FOUND},
-    {"NVML_ERROR_FUNCTION_NOT_FOUND", NVML_ERROR_FUNCTION_NOT_FOUND},
-    {"NVML_ERROR_CORRUPTED_INFOROM", NVML_ERROR_CORRUPTED_INFOROM},
-    {"NVML_ERROR_GPU_IS_LOST", NVML_ERROR_GPU_IS_LOST},
-    {"NVML_ERROR_RESET_REQUIRED", NVML_ERROR_RESET_REQUIRED},
-    {"NVML_ERROR_OPERATING_SYSTEM", NVML_ERROR_OPERATING_SYSTEM},
-    {"NVML_ERROR_LIB_RM_VERSION_MISMATCH", NVML_ERROR_LIB_RM_VERSION_MISMATCH},
-    {"NVML_ERROR_IN_USE", NVML_ERROR_IN_USE},
-    {"NVML_ERROR_MEMORY", NVML_ERROR_MEMORY},
-    {"NVML_ERROR_NO_DATA", NVML_ERROR_NO_DATA},
-    {"NVML_ERROR_UNKNOWN", NVML_ERROR_UNKNOWN},
+static const errinfo ERRORS[] = {
+    {"NVML_SUCCESS", NVML_SUCCESS, "Success"},
+    {"NVML_ERROR_UNINITIALIZED", NVML_ERROR_UNINITIALIZED, "Uninitialized"},
+    {"NVML_ERROR_INVALID_ARGUMENT", NVML_ERROR_INVALID_ARGUMENT, "Invalid Argument"},
+    {"NVML_ERROR_NOT_SUPPORTED", NVML_ERROR_NOT_SUPPORTED, "Not Supported"},
+    {"NVML_ERROR_NO_PERMISSION", NVML_ERROR_NO_PERMISSION, "Insufficient Permissions"},
+    {"NVML_ERROR_ALREADY_INITIALIZED", NVML_ERROR_ALREADY_INITIALIZED, "Already Initialized"},
+    {"NVML_ERROR_NOT_FOUND", NVML_ERROR_NOT_FOUND, "Not Found"},
+    {"NVML_ERROR_INSUFFICIENT_SIZE", NVML_ERROR_INSUFFICIENT_SIZE, "Insufficient Size"},
+    {"NVML_ERROR_INSUFFICIENT_POWER", NVML_ERROR_INSUFFICIENT_POWER, "Insufficient External Power"},
+    {"NVML_ERROR_DRIVER_NOT_LOADED", NVML_ERROR_DRIVER_NOT_LOADED, "Driver Not Loaded"},
+    {"NVML_ERROR_TIMEOUT", NVML_ERROR_TIMEOUT, "Timeout"},
+    {"NVML_ERROR_IRQ_ISSUE", NVML_ERROR_IRQ_ISSUE, "Interrupt Request Issue"},
+    {"NVML_ERROR_LIBRARY_NOT_FOUND", NVML_ERROR_LIBRARY_NOT_FOUND, "NVML Shared Library Not Found"},
+    {"NVML_ERROR_FUNCTION_NOT_FOUND", NVML_ERROR_FUNCTION_NOT_FOUND, "Function Not Found"},
+    {"NVML_ERROR_CORRUPTED_INFOROM", NVML_ERROR_CORRUPTED_INFOROM, "Corrupted infoROM"},
+    {"NVML_ERROR_GPU_IS_LOST", NVML_ERROR_GPU_IS_LOST, "GPU is lost"},
+    {"NVML_ERROR_RESET_REQUIRED", NVML_ERROR_RESET_REQUIRED, "GPU requires restart"},
+    {"NVML_ERROR_OPERATING_SYSTEM", NVML_ERROR_OPERATING_SYSTEM,
+     "The operating system has blocked the request."},
+    {"NVML_ERROR_LIB_RM_VERSION_MISMATCH", NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+     "RM has detected an NVML/RM version mismatch."},
+    {"NVML_ERROR_IN_USE", NVML_ERROR_IN_USE, "In use by another client"},
+    {"NVML_ERROR_MEMORY", NVML_ERROR_MEMORY, "Insufficient Memory"},
+    {"NVML_ERROR_NO_DATA", NVML_ERROR_NO_DATA, "No data"},
+    {"NVML_ERROR_UNKNOWN", NVML_ERROR_UNKNOWN, "Unknown Error"},
 };
+#define NERRORS (sizeof ERRORS / sizeof *ERRORS)
 
+/* An error name from the profile as its code; names NVML does not have are UNKNOWN. */
 static nvmlReturn_t code_of(const char *name) {
     if (!name) return NVML_SUCCESS;
-    for (size_t i = 0; i < sizeof ERRORS / sizeof *ERRORS; i++)
+    for (size_t i = 0; i < NERRORS; i++)
         if (!strcmp(ERRORS[i].name, name)) return ERRORS[i].code;
+    fprintf(stderr, "fakenvml: unknown error name %s, using NVML_ERROR_UNKNOWN\n", name);
     return NVML_ERROR_UNKNOWN;
 }
 
 const char *nvmlErrorString(nvmlReturn_t result) {
-    for (size_t i = 0; i < sizeof ERRORS / sizeof *ERRORS; i++)
-        if (ERRORS[i].code == result) return ERRORS[i].name;
-    return "NVML_ERROR_UNKNOWN";
+    for (size_t i = 0; i < NERRORS; i++)
+        if (ERRORS[i].code == result) return ERRORS[i].text;
+    return "Unknown Error";
 }
 
 static char *read_file(const char *path) {
@@ -272,56 +299,74 @@ static void unload(void) {
     memset(g_gpus, 0, sizeof g_gpus);
 }
 
+/* (Re-)read $FAKE_NVML_PROFILE: what nvmlInit finds on the node right now. */
 static nvmlReturn_t load(void) {
     unload();
     const char *path = getenv("FAKE_NVML_PROFILE");
-    if (!path || !*path) return NVML_ERROR_DRIVER_NOT_LOADED; /* no simulated GPU named */
+    /* No profile named or readable: as if the kernel module were not loaded. */
+    if (!path || !*path) return NVML_ERROR_DRIVER_NOT_LOADED;
     char *text = read_file(path);
     if (!text) return NVML_ERROR_DRIVER_NOT_LOADED;
     jparser p = {text, 1};
     g_profile = j_value(&p);
+    j_ws(&p);
+    int trailing = p.ok && *p.s;
     free(text);
-    if (!p.ok || !g_profile || g_profile->type != J_OBJ) {
+    if (!p.ok || trailing || !g_profile || g_profile->type != J_OBJ) {
         fprintf(stderr, "fakenvml: %s: not a valid JSON object\n", path);
         unload();
         return NVML_ERROR_UNKNOWN;
     }
     nvmlReturn_t init_error = code_of(j_str(g_profile, "init_error", NULL));
-    if (init_error != NVML_SUCCESS) return init_error;
+    if (init_error != NVML_SUCCESS) {
+        unload();
+        return init_error;
+    }
     const jval *gpus = j_get(g_profile, "gpus");
     for (int i = 0; gpus && gpus->type == J_ARR && i < gpus->n && i < MAX_GPUS; i++) {
-        gpu_t *g = &g_gpus[i];
-        g->json = gpus->items[i];
-        g->handle.gpu = i;
-        g->handle.mig = -1;
-        const jval *migs = j_get(g->json, "mig_devices");
-        for (int m = 0; migs && migs->type == J_ARR && m < migs->n && m < MAX_MIG; m++) {
-            g->mig_handles[m].gpu = i;
-            g->mig_handles[m].mig = m;
-            g->n_mig = m + 1;
-        }
+        g_gpus[i] = gpus->items[i];
         g_ngpus = i + 1;
     }
     return NVML_SUCCESS;
 }
 
+__attribute__((constructor)) static void init_handles(void) {
+    for (int i = 0; i < MAX_GPUS; i++) {
+        g_handles[i].gpu = i;
+        g_handles[i].mig = -1;
+        for (int m = 0; m < MAX_MIG; m++) {
+            g_mig_handles[i][m].gpu = i;
+            g_mig_handles[i][m].mig = m;
+        }
+    }
+}
+
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
+    LOCKED;
     nvmlReturn_t r = load();
-    g_initialized = r == NVML_SUCCESS;
+    if (r == NVML_SUCCESS)
+        g_refcount++;
+    else
+        g_refcount = 0; /* the node is gone: earlier initialisations are void too */
     return r;
 }
 
 nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
 
 nvmlReturn_t nvmlShutdown(void) {
-    if (!g_initialized) return NVML_ERROR_UNINITIALIZED;
-    g_initialized = 0;
+    LOCKED;
+    if (g_refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (--g_refcount == 0) unload();
     return NVML_SUCCESS;
 }
 
+#define NEED_INIT                                        \
+    do {                                                 \
+        if (g_refcount == 0) return NVML_ERROR_UNINITIALIZED; \
+    } while (0)
+
 static nvmlReturn_t put_str(char *buf, unsigned int len, const char *value) {
-    if (!g_initialized) return NVML_ERROR_UNINITIALIZED;
     if (!buf) return NVML_ERROR_INVALID_ARGUMENT;
     if (!value) return NVML_ERROR_NOT_SUPPORTED;
     if (strlen(value) + 1 > len) return NVML_ERROR_INSUFFICIENT_SIZE;
@@ -330,15 +375,21 @@ static nvmlReturn_t put_str(char *buf, unsigned int len, const char *value) {
 }
 
 nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
-    return put_str(version, length, g_profile ? j_str(g_profile, "driver_version", NULL) : NULL);
+    LOCKED;
+    NEED_INIT;
+    return put_str(version, length, j_str(g_profile, "driver_version", NULL));
 }
 
 nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
-    return put_str(version, length, g_profile ? j_str(g_profile, "nvml_version", NULL) : NULL);
+    LOCKED;
+    NEED_INIT;
+    return put_str(version, length, j_str(g_profile, "nvml_version", NULL));
 }
 
 nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *cudaDriverVersion) {
-    if (!g_initialized) return NVML_ERROR_UNINITIALIZED;
+    LOCKED;
+    NEED_INIT;
+    if (!cudaDriverVersion) return NVML_ERROR_INVALID_ARGUMENT;
     long long v = j_int(g_profile, "cuda_driver_version", -1);
     if (v < 0) return NVML_ERROR_NOT_SUPPORTED;
     *cudaDriverVersion = (int)v;
@@ -350,67 +401,113 @@ nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *cudaDriverVersion) {
 }
 
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *deviceCount) {
-    if (!g_initialized) return NVML_ERROR_UNINITIALIZED;
+    LOCKED;
+    NEED_INIT;
+    if (!deviceCount) return NVML_ERROR_INVALID_ARGUMENT;
     *deviceCount = (unsigned)g_ngpus;
     return NVML_SUCCESS;
 }
 
+static nvmlReturn_t gpu_error(int gpu) { return code_of(j_str(g_gpus[gpu], "error", NULL)); }
+
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
-    if (!g_initialized) return NVML_ERROR_UNINITIALIZED;
-    if ((int)index >= g_ngpus) return NVML_ERROR_INVALID_ARGUMENT;
-    /* A lost GPU still has a handle on real systems; its queries then fail. */
-    *device = &g_gpus[index].handle;
+    LOCKED;
+    NEED_INIT;
+    if ((int)index >= g_ngpus || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    /* Real NVML already fails here for a GPU that fell off the bus ("Unable to determine
+     * the device handle for GPU ...: GPU is lost"). */
+    nvmlReturn_t err = gpu_error((int)index);
+    if (err != NVML_SUCCESS) return err;
+    *device = &g_handles[index];
     return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+    LOCKED;
+    NEED_INIT;
+    if (!uuid || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; i < g_ngpus; i++) {
+        const char *u = j_str(g_gpus[i], "uuid", NULL);
+        if (u && !strcmp(u, uuid)) {
+            nvmlReturn_t err = gpu_error(i);
+            if (err != NVML_SUCCESS) return err;
+            *device = &g_handles[i];
+            return NVML_SUCCESS;
+        }
+    }
+    return NVML_ERROR_NOT_FOUND;
 }
 
 /* The JSON of a handle (GPU or MIG device) after the per-GPU error check. */
 static nvmlReturn_t lookup(nvmlDevice_t d, const jval **out) {
-    if (!g_initialized) return NVML_ERROR_UNINITIALIZED;
+    NEED_INIT;
     if (!d || d->gpu < 0 || d->gpu >= g_ngpus) return NVML_ERROR_INVALID_ARGUMENT;
-    const gpu_t *g = &g_gpus[d->gpu];
-    nvmlReturn_t err = code_of(j_str(g->json, "error", NULL));
+    nvmlReturn_t err = gpu_error(d->gpu);
     if (err != NVML_SUCCESS) return err;
+    const jval *g = g_gpus[d->gpu];
     if (d->mig < 0) {
-        *out = g->json;
-    } else {
-        const jval *migs = j_get(g->json, "mig_devices");
-        if (!migs || d->mig >= migs->n) return NVML_ERROR_INVALID_ARGUMENT;
-        *out = migs->items[d->mig];
+        *out = g;
+        return NVML_SUCCESS;
     }
+    const jval *migs = j_get(g, "mig_devices");
+    if (!migs || migs->type != J_ARR || d->mig >= migs->n) return NVML_ERROR_INVALID_ARGUMENT;
+    *out = migs->items[d->mig];
     return NVML_SUCCESS;
 }
 
-#define LOOKUP(d, j)                              \
-    const jval *j = NULL;                         \
-    do {                                          \
-        nvmlReturn_t _r = lookup((d), &j);        \
-        if (_r != NVML_SUCCESS) return _r;        \
+/* Start of every device query: take the lock, resolve the handle, return its error. */
+#define DEVICE(d, j, ...)                                \
+    LOCKED;                                              \
+    const jval *j = NULL;                                \
+    do {                                                 \
+        nvmlReturn_t _r = lookup((d), &j);               \
+        if (_r != NVML_SUCCESS) return _r;               \
+        const void *_outs[] = {__VA_ARGS__};             \
+        for (size_t _i = 0; _i < sizeof _outs / sizeof *_outs; _i++) \
+            if (!_outs[_i]) return NVML_ERROR_INVALID_ARGUMENT;      \
     } while (0)
 
+static int is_mig(nvmlDevice_t d) { return d->mig >= 0; }
+
+static int mig_count(int gpu) {
+    const jval *migs = j_get(g_gpus[gpu], "mig_devices");
+    int n = migs && migs->type == J_ARR ? migs->n : 0;
+    return n < MAX_MIG ? n : MAX_MIG;
+}
+
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
-    LOOKUP(device, j);
+    DEVICE(device, j, name);
     return put_str(name, length, j_str(j, "name", NULL));
 }
 
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
-    LOOKUP(device, j);
+    DEVICE(device, j, uuid);
     return put_str(uuid, length, j_str(j, "uuid", NULL));
 }
 
+nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
+    DEVICE(device, j, index);
+    (void)j;
+    if (is_mig(device)) return NVML_ERROR_INVALID_ARGUMENT;
+    *index = (unsigned)device->gpu;
+    return NVML_SUCCESS;
+}
+
 nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int *minorNumber) {
-    LOOKUP(device, j);
-    long long v = j_int(j, "minor_number", device->gpu);
-    *minorNumber = (unsigned)v;
+    DEVICE(device, j, minorNumber);
+    if (is_mig(device)) return NVML_ERROR_NOT_SUPPORTED;
+    *minorNumber = (unsigned)j_int(j, "minor_number", device->gpu);
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
-    LOOKUP(device, j);
-    if (device->mig >= 0) return NVML_ERROR_NOT_SUPPORTED;
+    DEVICE(device, j, pci);
+    if (is_mig(device)) return NVML_ERROR_NOT_SUPPORTED;
     memset(pci, 0, sizeof *pci);
     const char *bus = j_str(j, "pci_bus_id", "00000000:00:00.0");
     unsigned dom = 0, b = 0, dev = 0, fn = 0;
-    sscanf(bus, "%x:%x:%x.%x", &dom, &b, &dev, &fn);
+    if (sscanf(bus, "%x:%x:%x.%x", &dom, &b, &dev, &fn) != 4)
+        fprintf(stderr, "fakenvml: bad pci_bus_id %s\n", bus);
     snprintf(pci->busId, sizeof pci->busId, "%s", bus);
     snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04X:%02X:%02X.%X", dom & 0xFFFF, b, dev,
              fn);
@@ -422,46 +519,50 @@ nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
     return NVML_SUCCESS;
 }
 
-static unsigned long long mem_mib(const jval *j) {
-    return (unsigned long long)j_int(j, "memory_total_mib", 0);
+static unsigned long long mib(const jval *j, const char *key) {
+    return (unsigned long long)j_int(j, key, 0) * 1024ULL * 1024ULL;
 }
 
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
-    LOOKUP(device, j);
-    unsigned long long total = mem_mib(j) * 1024ULL * 1024ULL;
-    memory->total = total;
-    memory->used = (unsigned long long)j_int(j, "memory_used_mib", 0) * 1024ULL * 1024ULL;
-    memory->free = total - memory->used;
+    DEVICE(device, j, memory);
+    memory->total = mib(j, "memory_total_mib");
+    memory->used = mib(j, "memory_used_mib");
+    memory->free = memory->total - memory->used;
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
-    LOOKUP(device, j);
-    unsigned long long total = mem_mib(j) * 1024ULL * 1024ULL;
-    memory->total = total;
+    DEVICE(device, j, memory);
+    memory->total = mib(j, "memory_total_mib");
     memory->reserved = 0;
-    memory->used = (unsigned long long)j_int(j, "memory_used_mib", 0) * 1024ULL * 1024ULL;
-    memory->free = total - memory->used;
+    memory->used = mib(j, "memory_used_mib");
+    memory->free = memory->total - memory->used;
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major, int *minor) {
-    LOOKUP(device, j);
-    const char *cc = j_str(j, "compute_capability", NULL);
+    DEVICE(device, j, major, minor);
+    /* A MIG device reports its parent's compute capability. */
+    const char *cc = j_str(g_gpus[device->gpu], "compute_capability", NULL);
     if (!cc || sscanf(cc, "%d.%d", major, minor) != 2) return NVML_ERROR_NOT_SUPPORTED;
+    (void)j;
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetArchitecture(nvmlDevice_t device, nvmlDeviceArchitecture_t *arch) {
-    LOOKUP(device, j);
-    static const struct { const char *name; unsigned v; } ARCH[] = {
+    DEVICE(device, j, arch);
+    static const struct {
+        const char *name;
+        unsigned v;
+    } ARCH[] = {
         {"kepler", NVML_DEVICE_ARCH_KEPLER}, {"maxwell", NVML_DEVICE_ARCH_MAXWELL},
         {"pascal", NVML_DEVICE_ARCH_PASCAL}, {"volta", NVML_DEVICE_ARCH_VOLTA},
         {"turing", NVML_DEVICE_ARCH_TURING}, {"ampere", NVML_DEVICE_ARCH_AMPERE},
         {"ada-lovelace", NVML_DEVICE_ARCH_ADA}, {"hopper", NVML_DEVICE_ARCH_HOPPER},
         {"blackwell", NVML_DEVICE_ARCH_BLACKWELL},
     };
-    const char *name = j_str(j, "architecture", NULL);
+    const char *name = j_str(g_gpus[device->gpu], "architecture", NULL);
+    (void)j;
     *arch = NVML_DEVICE_ARCH_UNKNOWN;
     for (size_t i = 0; name && i < sizeof ARCH / sizeof *ARCH; i++)
         if (!strcmp(ARCH[i].name, name)) *arch = ARCH[i].v;
@@ -472,73 +573,77 @@ static unsigned mig_mode(const char *s) {
     return s && !strcmp(s, "enabled") ? NVML_DEVICE_MIG_ENABLE : NVML_DEVICE_MIG_DISABLE;
 }
 
+/* The GPU's "mig_mode" object; NULL where MIG is not supported (pre-Ampere, GeForce). */
+static const jval *mig_of(nvmlDevice_t device, const jval *j) {
+    return is_mig(device) ? NULL : j_get(j, "mig_mode");
+}
+
 nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *currentMode,
                                   unsigned int *pendingMode) {
-    LOOKUP(device, j);
-    const jval *mode = j_get(j, "mig_mode");
-    if (device->mig >= 0 || !mode) return NVML_ERROR_NOT_SUPPORTED;
+    DEVICE(device, j, currentMode, pendingMode);
+    const jval *mode = mig_of(device, j);
+    if (!mode) return NVML_ERROR_NOT_SUPPORTED;
     *currentMode = mig_mode(j_str(mode, "current", NULL));
     *pendingMode = mig_mode(j_str(mode, "pending", NULL));
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int *count) {
-    LOOKUP(device, j);
-    if (device->mig >= 0 || !j_get(j, "mig_mode")) return NVML_ERROR_NOT_SUPPORTED;
+    DEVICE(device, j, count);
+    if (!mig_of(device, j)) return NVML_ERROR_NOT_SUPPORTED;
     /* A100/H100 have 7 MIG slots; report at least as many as the profile lists. */
-    int n = g_gpus[device->gpu].n_mig;
+    int n = mig_count(device->gpu);
     *count = (unsigned)(n > 7 ? n : 7);
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned int index,
                                                  nvmlDevice_t *migDevice) {
-    LOOKUP(device, j);
-    const jval *mode = j_get(j, "mig_mode");
-    if (device->mig >= 0 || !mode) return NVML_ERROR_NOT_SUPPORTED;
+    DEVICE(device, j, migDevice);
+    const jval *mode = mig_of(device, j);
+    if (!mode) return NVML_ERROR_NOT_SUPPORTED;
     if (mig_mode(j_str(mode, "current", NULL)) != NVML_DEVICE_MIG_ENABLE)
         return NVML_ERROR_NOT_FOUND;
-    gpu_t *g = &g_gpus[device->gpu];
-    if ((int)index >= g->n_mig) return NVML_ERROR_NOT_FOUND;
-    *migDevice = &g->mig_handles[index];
+    if ((int)index >= mig_count(device->gpu)) return NVML_ERROR_NOT_FOUND; /* an empty slot */
+    *migDevice = &g_mig_handles[device->gpu][index];
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *isMigDevice) {
-    LOOKUP(device, j);
+    DEVICE(device, j, isMigDevice);
     (void)j;
-    *isMigDevice = device->mig >= 0;
+    *isMigDevice = (unsigned)is_mig(device);
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int *id) {
-    LOOKUP(device, j);
-    if (device->mig < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    DEVICE(device, j, id);
+    if (!is_mig(device)) return NVML_ERROR_INVALID_ARGUMENT;
     *id = (unsigned)j_int(j, "gpu_instance_id", 0);
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *id) {
-    LOOKUP(device, j);
-    if (device->mig < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    DEVICE(device, j, id);
+    if (!is_mig(device)) return NVML_ERROR_INVALID_ARGUMENT;
     *id = (unsigned)j_int(j, "compute_instance_id", 0);
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t device, nvmlDeviceAttributes_t *attributes) {
-    LOOKUP(device, j);
+    DEVICE(device, j, attributes);
     memset(attributes, 0, sizeof *attributes);
     attributes->multiprocessorCount = (unsigned)j_int(j, "multiprocessor_count", 0);
     attributes->gpuInstanceSliceCount = (unsigned)j_int(j, "gpu_instance_slices", 0);
     attributes->computeInstanceSliceCount = (unsigned)j_int(j, "compute_instance_slices", 0);
-    attributes->memorySizeMB = mem_mib(j);
+    attributes->memorySizeMB = mib(j, "memory_total_mib") / (1024ULL * 1024ULL);
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t device, unsigned int *limit) {
-    LOOKUP(device, j);
+    DEVICE(device, j, limit);
     long long mw = j_int(j, "power_limit_mw", -1);
-    if (device->mig >= 0 || mw < 0) return NVML_ERROR_NOT_SUPPORTED;
+    if (is_mig(device) || mw < 0) return NVML_ERROR_NOT_SUPPORTED;
     *limit = (unsigned)mw;
     return NVML_SUCCESS;
 }
@@ -563,12 +668,14 @@ static double since_ms(const struct timespec *t0) {
 }
 
 nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
-    if (!g_initialized) return NVML_ERROR_UNINITIALIZED;
+    LOCKED;
+    NEED_INIT;
+    if (!set) return NVML_ERROR_INVALID_ARGUMENT;
     struct nvmlEventSet_st *s = calloc(1, sizeof *s);
     clock_gettime(CLOCK_MONOTONIC, &s->created);
     /* Only events appended after the set exists are delivered, as with a real driver. */
     const char *path = getenv("FAKE_NVML_EVENTS");
-    FILE *f = path ? fopen(path, "rb") : NULL;
+    FILE *f = path && *path ? fopen(path, "rb") : NULL;
     if (f) {
         fseek(f, 0, SEEK_END);
         s->events_offset = ftell(f);
@@ -579,12 +686,14 @@ nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
 }
 
 nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    LOCKED;
+    NEED_INIT;
     free(set);
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types) {
-    LOOKUP(device, j);
+    DEVICE(device, j, types);
     (void)j;
     *types = nvmlEventTypeXidCriticalError | nvmlEventTypeSingleBitEccError |
              nvmlEventTypeDoubleBitEccError;
@@ -593,21 +702,22 @@ nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long
 
 nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types,
                                       nvmlEventSet_t set) {
-    LOOKUP(device, j);
+    DEVICE(device, j, set);
     (void)j;
-    if (!set || device->mig >= 0) return NVML_ERROR_INVALID_ARGUMENT;
+    if (is_mig(device)) return NVML_ERROR_INVALID_ARGUMENT;
     set->registered[device->gpu] |= types;
     return NVML_SUCCESS;
 }
 
+/* Fill *data with an XID event of `gpu`; 0 when that GPU did not register for XIDs. */
 static int fill(nvmlEventSet_t set, int gpu, long long xid, nvmlEventData_t *data) {
     if (gpu < 0 || gpu >= g_ngpus) return 0;
     if (!(set->registered[gpu] & nvmlEventTypeXidCriticalError)) return 0;
     memset(data, 0, sizeof *data);
-    data->device = &g_gpus[gpu].handle;
+    data->device = &g_handles[gpu];
     data->eventType = nvmlEventTypeXidCriticalError;
     data->eventData = (unsigned long long)xid;
-    data->gpuInstanceId = 0xFFFFFFFF;
+    data->gpuInstanceId = 0xFFFFFFFF; /* not attributed to a MIG instance */
     data->computeInstanceId = 0xFFFFFFFF;
     return 1;
 }
@@ -623,7 +733,7 @@ static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
         if (fill(set, (int)j_int(e, "gpu", -1), j_int(e, "xid", 999), data)) return 1;
     }
     const char *path = getenv("FAKE_NVML_EVENTS");
-    FILE *f = path ? fopen(path, "rb") : NULL;
+    FILE *f = path && *path ? fopen(path, "rb") : NULL;
     if (!f) return 0;
     int found = 0;
     if (fseek(f, set->events_offset, SEEK_SET) == 0) {
@@ -642,13 +752,18 @@ static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
 
 nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data,
                                  unsigned int timeoutms) {
-    if (!g_initialized) return NVML_ERROR_UNINITIALIZED;
     if (!set || !data) return NVML_ERROR_INVALID_ARGUMENT;
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
-        if (next_event(set, data)) return NVML_SUCCESS;
-        if (since_ms(&start) >= timeoutms) return NVML_ERROR_TIMEOUT;
-        usleep(10 * 1000); /* poll in 10 ms steps: no busy loop */
+        {
+            LOCKED; /* held while looking, never while sleeping */
+            NEED_INIT;
+            if (next_event(set, data)) return NVML_SUCCESS;
+        }
+        double left = (double)timeoutms - since_ms(&start);
+        if (left <= 0) return NVML_ERROR_TIMEOUT;
+        /* Poll in steps of at most 10 ms: no busy loop, and the timeout is kept. */
+        usleep((useconds_t)(left < 10 ? left * 1000 : 10 * 1000));
     }
 }

@@ -1,0 +1,172 @@
+"""How dockerd is started, and whether its flags conflict with daemon.json.
+
+dockerd refuses to start when an option is set both as a flag and in daemon.json
+("the following directives are specified both as a flag and in the configuration file",
+regardless of value), a known cause of "docker won't start after installing
+nvidia-docker2" (NVIDIA/nvidia-docker#751, #1002). Before writing ``runtimes`` or
+``default-runtime`` the agent looks wherever dockerd's flags come from: the unit's
+``ExecStart`` and drop-ins, the environment files distributions use
+(``/etc/sysconfig/docker``, ``/etc/default/docker``) and, on the live host, the running
+process's command line. Parsing is pure; :func:`collect` does the reading.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Optional
+
+import attrs
+
+from nodeagent.fsutil import read_text_or_none
+from nodeagent.paths import HostRoot
+
+UNIT_FILES = (
+    "/lib/systemd/system/docker.service",
+    "/usr/lib/systemd/system/docker.service",
+    "/etc/systemd/system/docker.service",
+)
+DROP_IN_DIRS = (
+    "/usr/lib/systemd/system/docker.service.d",
+    "/etc/systemd/system/docker.service.d",
+    "/run/systemd/system/docker.service.d",
+)
+ENV_FILES = ("/etc/sysconfig/docker", "/etc/default/docker")
+
+# daemon.json key -> the flags that set the same thing
+FLAG_FOR_KEY = {
+    "runtimes": ("--add-runtime",),
+    "default-runtime": ("--default-runtime",),
+}
+
+
+@attrs.frozen
+class FlagSource:
+    """Where dockerd gets flags from, and the words found there."""
+
+    where: str  # "/etc/systemd/system/docker.service.d/override.conf", "pid 1234 cmdline"
+    words: tuple[str, ...]
+
+
+def exec_start_words(unit_texts: Sequence[tuple[str, str]]) -> Optional[FlagSource]:
+    """The effective ``ExecStart`` of a unit and its drop-ins, in systemd's order.
+
+    ``unit_texts`` is (name, text) in load order (unit file, then drop-ins sorted). An
+    empty ``ExecStart=`` resets the list, as systemd does.
+    """
+    current: Optional[FlagSource] = None
+    for name, text in unit_texts:
+        for line in _logical_lines(text):
+            key, sep, value = line.partition("=")
+            if not sep or key.strip() != "ExecStart":
+                continue
+            value = value.strip()
+            if not value:
+                current = None
+                continue
+            try:
+                words = tuple(shlex.split(value.lstrip("-@:+!")))
+            except ValueError:
+                words = tuple(value.split())
+            current = FlagSource(where=name, words=words)
+    return current
+
+
+def _logical_lines(text: str) -> Iterable[str]:
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not buf and line.lstrip().startswith(("#", ";")):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        yield buf + line
+        buf = ""
+    if buf:
+        yield buf
+
+
+def env_file_words(name: str, text: str) -> FlagSource:
+    """Every word of every assignment in an environment file (OPTIONS=, DOCKER_OPTS=,
+    DOCKER_ADD_RUNTIMES= ...): any of them may end up on dockerd's command line."""
+    words: list[str] = []
+    for line in _logical_lines(text):
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().replace("export ", "").strip().isidentifier():
+            continue
+        try:
+            words += shlex.split(value)
+        except ValueError:
+            words += value.split()
+    return FlagSource(where=name, words=tuple(w for word in words for w in word.split()))
+
+
+def conflicts(sources: Iterable[FlagSource], keys: Iterable[str]) -> list[str]:
+    """One message per flag that would clash with the daemon.json ``keys``."""
+    out: list[str] = []
+    wanted = {flag: key for key in keys for flag in FLAG_FOR_KEY.get(key, ())}
+    for src in sources:
+        for word in src.words:
+            flag = word.split("=", 1)[0]
+            if flag in wanted:
+                out.append(
+                    f"{src.where}: dockerd is started with {flag} and daemon.json would set "
+                    f"'{wanted[flag]}'; dockerd refuses to start with both. Remove the flag, "
+                    "or set runtime.engine: none and manage docker's runtimes there."
+                )
+    return out
+
+
+def config_file_flag(sources: Iterable[FlagSource]) -> Optional[tuple[str, str]]:
+    """(where, path) if dockerd is told to read another config file (--config-file)."""
+    for src in sources:
+        words = list(src.words)
+        for i, w in enumerate(words):
+            if w.startswith("--config-file="):
+                return src.where, w.split("=", 1)[1]
+            if w == "--config-file" and i + 1 < len(words):
+                return src.where, words[i + 1]
+    return None
+
+
+def collect(root: HostRoot) -> list[FlagSource]:
+    """Read every place dockerd's flags come from (under ``root``)."""
+    sources: list[FlagSource] = []
+    units: list[tuple[str, str]] = []
+    for host_path in UNIT_FILES:
+        text = read_text_or_none(root.path(host_path))
+        if text is not None:
+            units = [(host_path, text)]  # a later directory overrides an earlier one
+    for d in DROP_IN_DIRS:
+        directory = root.path(d)
+        if directory.is_dir():
+            for f in sorted(directory.glob("*.conf")):
+                units.append((f"{d}/{f.name}", f.read_text(errors="replace")))
+    start = exec_start_words(units)
+    if start is not None:
+        sources.append(start)
+    for host_path in ENV_FILES:
+        text = read_text_or_none(root.path(host_path))
+        if text is not None:
+            sources.append(env_file_words(host_path, text))
+    if root.is_real_host:
+        sources += _running_dockerd(Path("/proc"))
+    return sources
+
+
+def _running_dockerd(proc: Path) -> list[FlagSource]:
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "dockerd":
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = tuple(a.decode(errors="replace") for a in argv if a)
+        found.append(FlagSource(where=f"running dockerd (pid {entry.name})", words=words))
+    return found
