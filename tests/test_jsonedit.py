@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,7 +120,7 @@ def test_every_original_key_and_value_survives(
     text = json.dumps(original, indent=indent) + "\n"
     doc = jsonedit.parse(text, "daemon.json")
     new = desired(doc.data, "nvidia", "nvidia-container-runtime", set_default)
-    out = jsonedit.render(jsonedit.JSONDoc(data=new, indent=doc.indent))
+    out = jsonedit.render(attrs.evolve(doc, data=new))
     back = json.loads(out)
     # every original key, in the original order, with its value (runtimes extended)
     assert list(back)[: len(original)] == list(original)
@@ -134,6 +135,40 @@ def test_every_original_key_and_value_survives(
     assert desired(back, "nvidia", "nvidia-container-runtime", set_default) == back
     # "{}" is a one-line document: it stays one line
     assert jsonedit.parse(out, "daemon.json").indent == (indent if original else None)
+
+
+@given(
+    original=st.dictionaries(daemon_keys, json_values, min_size=1, max_size=8),
+    indent=st.sampled_from(["  ", "    ", "\t"]),
+    set_default=st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_hand_formatted_members_keep_their_exact_bytes(
+    original: dict[str, Any], indent: str, set_default: bool
+) -> None:
+    """Operators write `"insecure-registries": ["a", "b"]` on one line: the diff must not
+    reflow it. Every member the agent does not change keeps its exact text."""
+    original = {k: v for k, v in original.items() if k not in ("runtimes", "default-runtime")}
+    if not original:
+        return
+    lines = [f"{indent}{json.dumps(k)}: {json.dumps(v)}" for k, v in original.items()]
+    text = "{\n" + ",\n".join(lines) + "\n}\n"
+    doc = jsonedit.parse(text, "daemon.json")
+    new = desired(doc.data, "nvidia", "nvidia-container-runtime", set_default)
+    out = jsonedit.render(attrs.evolve(doc, data=new))
+    assert json.loads(out) == new
+    assert out.startswith(text[: text.rindex("\n}")])  # the old members, byte for byte
+    assert out.endswith("\n}\n")
+    again = jsonedit.parse(out, "daemon.json")
+    assert jsonedit.render(attrs.evolve(again, data=new)) == out
+
+
+def test_a_changed_value_is_rerendered_in_place() -> None:
+    text = '{\n  "a": [1, 2],\n  "default-runtime": "runc",\n  "z": {"k": 1}\n}\n'
+    doc = jsonedit.parse(text, "daemon.json")
+    new = {**doc.data, "default-runtime": "nvidia"}
+    out = jsonedit.render(attrs.evolve(doc, data=new))
+    assert out == text.replace('"runc"', '"nvidia"')
 
 
 def test_existing_runtime_args_are_kept() -> None:

@@ -26,6 +26,7 @@ class JSONDoc:
 
     data: dict[str, Any]
     indent: Optional[str]  # None: everything on one line
+    source: str = ""  # the text it was parsed from ("" for a new file)
 
 
 def _position(text: str, pos: int) -> tuple[int, int]:
@@ -72,7 +73,7 @@ def parse(text: str, name: str) -> JSONDoc:
     if not isinstance(data, dict):
         line, col = _position(text, len(text) - len(text.lstrip()))
         raise InputError(f"{name}:{line}:{col}: the top level must be a JSON object")
-    return JSONDoc(data=data, indent=detect_indent(text))
+    return JSONDoc(data=data, indent=detect_indent(text), source=text)
 
 
 def _duplicate_position(text: str, key: str) -> tuple[int, int]:
@@ -103,8 +104,79 @@ def detect_indent(text: str) -> Optional[str]:
     return " " * min(widths) if widths else DEFAULT_INDENT
 
 
+def _dump(value: Any, indent: Optional[str], lead: str = "") -> str:
+    if indent is None:
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, indent=indent, ensure_ascii=False).replace("\n", "\n" + lead)
+
+
+@attrs.frozen
+class _Member:
+    key: str
+    start: int  # the key's opening quote
+    value_start: int
+    value_end: int
+
+
+def _members(text: str) -> Optional[list[_Member]]:
+    """The top-level members of a JSON object text with their spans (None if not one)."""
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"[ \t\n\r]*")
+    i = ws.match(text, 0).end()  # type: ignore[union-attr]
+    if text[i : i + 1] != "{":
+        return None
+    i = ws.match(text, i + 1).end()  # type: ignore[union-attr]
+    out: list[_Member] = []
+    while text[i : i + 1] == '"':
+        start = i
+        key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
+        i = ws.match(text, i).end()  # type: ignore[union-attr]
+        if text[i : i + 1] != ":":
+            return None
+        vstart = ws.match(text, i + 1).end()  # type: ignore[union-attr]
+        _, vend = decoder.raw_decode(text, vstart)
+        out.append(_Member(key, start, vstart, vend))
+        i = ws.match(text, vend).end()  # type: ignore[union-attr]
+        if text[i : i + 1] != ",":
+            break
+        i = ws.match(text, i + 1).end()  # type: ignore[union-attr]
+    return out
+
+
 def render(doc: JSONDoc) -> str:
-    """The document as text in its original style, ending with a newline."""
-    if doc.indent is None:
-        return json.dumps(doc.data, ensure_ascii=False) + "\n"
-    return json.dumps(doc.data, indent=doc.indent, ensure_ascii=False) + "\n"
+    """The document as text, ending with a newline.
+
+    Against the text it was parsed from, the edit is minimal: members whose value is
+    unchanged keep their exact bytes, a changed value is re-rendered in place, new members
+    go after the last one in the file's indentation style. So a diff shows only what the
+    agent changed. Removing a member, or a file with no members, renders it whole.
+    """
+    old = json.loads(doc.source) if doc.source.strip() else {}
+    members = _members(doc.source) if old else None
+    if not members or not set(old) <= set(doc.data):
+        return _dump(doc.data, doc.indent) + "\n"
+    text = doc.source
+    out: list[str] = []
+    pos = 0
+    for m in members:
+        if doc.data[m.key] != old[m.key]:
+            line_start = text.rfind("\n", 0, m.start) + 1
+            lead = text[line_start : m.start]
+            lead = lead if not lead.strip() else (doc.indent or "")
+            out += [text[pos : m.value_start], _dump(doc.data[m.key], doc.indent, lead)]
+            pos = m.value_end
+    last = members[-1]
+    out.append(text[pos : last.value_end])
+    for key in doc.data:
+        if key in old:
+            continue
+        if doc.indent is None:
+            out.append(f", {json.dumps(key, ensure_ascii=False)}: {_dump(doc.data[key], None)}")
+        else:
+            line_start = text.rfind("\n", 0, last.start) + 1
+            lead = text[line_start : last.start]
+            lead = lead if not lead.strip() else doc.indent
+            value = _dump(doc.data[key], doc.indent, lead)
+            out.append(f",\n{lead}{json.dumps(key, ensure_ascii=False)}: {value}")
+    out.append(text[last.value_end :].rstrip() + "\n")
+    return "".join(out)
