@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
-import attrs
 
-
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Measurement:
     name: str
     command: str
@@ -21,18 +20,19 @@ class Measurement:
     max_s: float
     peak_rss_mib: float
     target: str = ""
+    ratio: float = 0.0  # median / the python floor's median, same run
 
     def row(self) -> str:
         return (
             f"| {self.name} | `{self.command}` | {self.runs} | {self.median_s * 1000:.1f} ms | "
-            f"{self.min_s * 1000:.1f}-{self.max_s * 1000:.1f} ms | {self.peak_rss_mib:.1f} MiB | "
-            f"{self.target} |"
+            f"{self.ratio:.2f}x | {self.min_s * 1000:.1f}-{self.max_s * 1000:.1f} ms | "
+            f"{self.peak_rss_mib:.1f} MiB | {self.target} |"
         )
 
 
 HEADER = (
-    "| what | command | runs | median | min-max | peak RSS | target |\n"
-    "|---|---|---|---|---|---|---|"
+    "| what | command | runs | median | vs floor | min-max | peak RSS | target |\n"
+    "|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -52,7 +52,10 @@ def measure(
     RSS comes from ``wait4`` on the child itself, so it is that process's peak, not the
     benchmark's.
     """
-    full_env = {**os.environ, **(env or {})}
+    # As installed (a DEB/RPM byte-compiles its modules): let the warm-up runs write .pyc
+    # files even where the environment says not to (PYTHONDONTWRITEBYTECODE is set on CI).
+    full_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    full_env.update(env or {})
     times: list[float] = []
     rss: list[float] = []
     for i in range(warmup + runs):

@@ -8,20 +8,18 @@ wrong type or a bad value is an :class:`~nodeagent.errors.InputError` whose mess
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import io
 import typing
 from pathlib import Path
 from typing import Any, Optional, Union
-
-import attrs
 
 from nodeagent.errors import InputError
 
 DEFAULT_CONFIG_PATH = "/etc/nodeagent/config.yaml"
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class LabelsConfig:
     """Which node labels the agent sets (see docs/labels.md)."""
 
@@ -30,14 +28,14 @@ class LabelsConfig:
     # The simple conventions operators already use: gpu=true, gpu-type=<short model>.
     simple: bool = True
     # Extra labels set as given (e.g. roles: train: "true").
-    static: dict[str, str] = attrs.field(factory=dict)
+    static: dict[str, str] = dataclasses.field(default_factory=dict)
     # Label keys not to set, e.g. those GPU Feature Discovery already publishes on this node.
     skip: tuple[str, ...] = ()
     # Prefix of the agent's own labels that are not GFD's (gpu.lost-count ...).
     prefix: str = "nodeagent.io"
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class DockerConfig:
     config_file: str = "/etc/docker/daemon.json"
     # When set, reload by SIGHUP to the pid in this file instead of `systemctl reload`.
@@ -50,7 +48,7 @@ class DockerConfig:
     restart_command: tuple[str, ...] = ()
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class ContainerdConfig:
     config_file: str = "/etc/containerd/config.toml"
     drop_in: str = "/etc/containerd/conf.d/99-nvidia.toml"
@@ -63,26 +61,36 @@ class ContainerdConfig:
     restart_command: tuple[str, ...] = ()
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     """How the container runtime is configured (docs/runtime.md)."""
 
-    engine: str = attrs.field(
-        default="auto", validator=attrs.validators.in_(("auto", "docker", "containerd", "none"))
-    )
+    engine: str = "auto"
     name: str = "nvidia"
     path: str = "nvidia-container-runtime"
     set_as_default: bool = True
-    restart_mode: str = attrs.field(
-        default="auto", validator=attrs.validators.in_(("auto", "reload", "restart", "none"))
-    )
+    restart_mode: str = "auto"
     allow_restart: bool = False
     verify_timeout_s: float = 60.0
-    docker: DockerConfig = attrs.field(factory=DockerConfig)
-    containerd: ContainerdConfig = attrs.field(factory=ContainerdConfig)
+    docker: DockerConfig = dataclasses.field(default_factory=DockerConfig)
+    containerd: ContainerdConfig = dataclasses.field(default_factory=ContainerdConfig)
+
+    def __post_init__(self) -> None:
+        _one_of("engine", self.engine, ENGINES)
+        _one_of("restart_mode", self.restart_mode, RESTART_MODES)
 
 
-@attrs.frozen
+ENGINES = ("auto", "docker", "containerd", "none")
+RESTART_MODES = ("auto", "reload", "restart", "none")
+
+
+def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
+    """ValueError(msg, name, options, value) when ``value`` is not one of ``options``."""
+    if value not in options:
+        raise ValueError(f"'{name}' must be in {options!r} (got {value!r})", name, options, value)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration. ``Config()`` is the all-defaults config."""
 
@@ -95,8 +103,8 @@ class Config:
     lock_file: str = "/run/nodeagent/nodeagent.lock"
     backup_dir: str = "/var/lib/nodeagent/backups"
     backup_keep: int = 10
-    labels: LabelsConfig = attrs.field(factory=LabelsConfig)
-    runtime: RuntimeConfig = attrs.field(factory=RuntimeConfig)
+    labels: LabelsConfig = dataclasses.field(default_factory=LabelsConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -145,13 +153,15 @@ def _build(cls: type, node: Any, name: str, dotted: str) -> Any:
         what = f"'{dotted}'" if dotted else "the top level"
         raise InputError(f"{name}:{_line(node)}: {what} must be a mapping")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in attrs.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     lines: dict[str, int] = {}
     for key_node, value_node in node.value:
         key = key_node.value
         where = f"{dotted}.{key}" if dotted else str(key)
         if key not in fields:
+            import difflib
+
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputError(f"{name}:{_line(key_node)}: unknown key '{where}'{hint}")
@@ -178,7 +188,7 @@ def _value(tp: Any, node: Any, name: str, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _value(inner, node, name, where)
-    if attrs.has(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, node, name, where)
     if origin is dict:
         if not isinstance(node, yaml.MappingNode):
@@ -230,7 +240,7 @@ def _field_in(message: str, names: dict[str, int]) -> Optional[str]:
 def _describe(e: Exception, dotted: str, bad: Optional[str]) -> str:
     msg = str(e)
     if isinstance(e, ValueError) and e.args and len(e.args) >= 4 and bad:
-        # attrs.validators.in_ raises ValueError(msg, attribute, options, value)
+        # _one_of raises ValueError(msg, field, options, value)
         where = f"{dotted}.{bad}" if dotted else bad
         return f"'{where}' must be one of {', '.join(map(str, e.args[2]))}, not {e.args[3]!r}"
     return msg

@@ -8,6 +8,7 @@ A reader, or a crash at any instant, sees either the old file or the new one, ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -16,8 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
-
-import attrs
 
 from nodeagent.errors import StepFailed
 
@@ -28,7 +27,7 @@ PAUSE_BEFORE_RENAME_ENV = "NODEAGENT_TEST_PAUSE_BEFORE_RENAME"
 PAUSE_NAME_ENV = "NODEAGENT_TEST_PAUSE_NAME"
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class FileMeta:
     """Owner and mode to give a file we write."""
 
@@ -108,7 +107,7 @@ def _test_pause(path: Path) -> None:
         time.sleep(0.01)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Backups:
     """Timestamped copies of files before we change them, newest kept, oldest pruned."""
 

@@ -6,13 +6,12 @@ baking and tests can point the whole agent at a directory tree instead of ``/``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path, PurePosixPath
 
-import attrs
 
-
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class HostRoot:
     """The directory that stands for ``/`` on the host.
 
@@ -20,7 +19,10 @@ class HostRoot:
     ``/etc/docker/daemon.json`` to ``/tmp/x/etc/docker/daemon.json``.
     """
 
-    root: Path = attrs.field(default=Path("/"), converter=Path)
+    root: Path = Path("/")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # accept str too
 
     def path(self, host_path: str | os.PathLike[str]) -> Path:
         """Map an absolute host path to the path on this machine."""

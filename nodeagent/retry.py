@@ -7,14 +7,15 @@ one, every attempt logged. Built on tenacity.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
-from typing import Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
-import structlog
-import tenacity
+from nodeagent.log import get_logger
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    import tenacity
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -46,21 +47,14 @@ def status_is_retryable(status: int) -> bool:
     return status in RETRYABLE_STATUS
 
 
-class _Wait(tenacity.wait.wait_base):
-    """Full-jitter exponential backoff, or the server's Retry-After when it sent one."""
-
-    def __init__(self, initial: float, maximum: float, rng: Callable[[], float]) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.rng = rng
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None and outcome.failed else None
-        if isinstance(exc, Retryable) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self.maximum)
-        ceiling = min(self.maximum, self.initial * 2 ** (retry_state.attempt_number - 1))
-        return float(self.rng() * ceiling)
+def backoff_s(
+    attempt: int, exc: Optional[BaseException], initial: float, maximum: float, rng: float
+) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: the server's Retry-After when it sent
+    one (capped), else full-jitter exponential backoff, ``rng`` in [0, 1)."""
+    if isinstance(exc, Retryable) and exc.retry_after_s is not None:
+        return min(exc.retry_after_s, maximum)
+    return float(rng * min(maximum, initial * 2 ** (attempt - 1)))
 
 
 def call_with_retry(
@@ -71,12 +65,23 @@ def call_with_retry(
     initial_s: float = 0.2,
     max_wait_s: float = 10.0,
     retry_on: tuple[type[BaseException], ...] = (Retryable,),
-    rng: Callable[[], float] = random.random,
+    rng: Optional[Callable[[], float]] = None,
 ) -> T:
     """Call ``fn`` until it returns, retrying on ``retry_on`` within ``deadline_s``.
 
     The last exception is re-raised when the deadline passes.
     """
+
+    import random
+
+    import tenacity  # lazy: commands that never wait do not pay for it
+
+    rand = rng or random.random
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        return backoff_s(state.attempt_number, exc, initial_s, max_wait_s, rand())
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -90,7 +95,7 @@ def call_with_retry(
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(retry_on),
-        wait=_Wait(initial_s, max_wait_s, rng),
+        wait=wait,
         stop=tenacity.stop_after_delay(deadline_s),
         before_sleep=before_sleep,
         reraise=True,

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 
 from tests.fakenvml.build import build, profile
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class FakeNVML:
     """The built fake ``libnvidia-ml.so.1`` and helpers to point NVML users at a profile."""
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import typing
 from pathlib import Path
 
-import attrs
 import pytest
 
 from nodeagent import config
@@ -152,9 +152,9 @@ def test_every_key_is_documented() -> None:
     def walk(cls: type, prefix: str = "") -> list[str]:
         hints = typing.get_type_hints(cls)
         out = []
-        for f in attrs.fields(cls):
+        for f in dataclasses.fields(cls):
             name = f"{prefix}{f.name}"
-            if attrs.has(hints[f.name]):
+            if dataclasses.is_dataclass(hints[f.name]):
                 out += walk(hints[f.name], name + ".")
             else:
                 out.append(name)

@@ -7,6 +7,7 @@ the stand-in for `systemctl restart docker`; reloads are a SIGHUP to the pidfile
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 
 from nodeagent.config import Config, DockerConfig, RuntimeConfig
@@ -173,8 +173,8 @@ def silent_reload(d: Dockerd, **runtime: object) -> DockerEngine:
     `systemctl reload` that returned 0 while the daemon kept its old config
     (NVIDIA/ansible-role-nvidia-docker#12): only verification can tell."""
     cfg = config_for(d, verify_timeout_s=2.0, **runtime)
-    docker = attrs.evolve(cfg.runtime.docker, pidfile=None, reload_command=("/bin/true",))
-    cfg = attrs.evolve(cfg, runtime=attrs.evolve(cfg.runtime, docker=docker))
+    docker = dataclasses.replace(cfg.runtime.docker, pidfile=None, reload_command=("/bin/true",))
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, docker=docker))
     return DockerEngine(cfg, HostRoot(d.root))
 
 

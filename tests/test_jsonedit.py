@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,7 +120,7 @@ def test_every_original_key_and_value_survives(
     text = json.dumps(original, indent=indent) + "\n"
     doc = jsonedit.parse(text, "daemon.json")
     new = desired(doc.data, "nvidia", "nvidia-container-runtime", set_default)
-    out = jsonedit.render(attrs.evolve(doc, data=new))
+    out = jsonedit.render(dataclasses.replace(doc, data=new))
     back = json.loads(out)
     # every original key, in the original order, with its value (runtimes extended)
     assert list(back)[: len(original)] == list(original)
@@ -155,19 +155,19 @@ def test_hand_formatted_members_keep_their_exact_bytes(
     text = "{\n" + ",\n".join(lines) + "\n}\n"
     doc = jsonedit.parse(text, "daemon.json")
     new = desired(doc.data, "nvidia", "nvidia-container-runtime", set_default)
-    out = jsonedit.render(attrs.evolve(doc, data=new))
+    out = jsonedit.render(dataclasses.replace(doc, data=new))
     assert json.loads(out) == new
     assert out.startswith(text[: text.rindex("\n}")])  # the old members, byte for byte
     assert out.endswith("\n}\n")
     again = jsonedit.parse(out, "daemon.json")
-    assert jsonedit.render(attrs.evolve(again, data=new)) == out
+    assert jsonedit.render(dataclasses.replace(again, data=new)) == out
 
 
 def test_a_changed_value_is_rerendered_in_place() -> None:
     text = '{\n  "a": [1, 2],\n  "default-runtime": "runc",\n  "z": {"k": 1}\n}\n'
     doc = jsonedit.parse(text, "daemon.json")
     new = {**doc.data, "default-runtime": "nvidia"}
-    out = jsonedit.render(attrs.evolve(doc, data=new))
+    out = jsonedit.render(dataclasses.replace(doc, data=new))
     assert out == text.replace('"runc"', '"nvidia"')
 
 

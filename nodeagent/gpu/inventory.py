@@ -7,9 +7,8 @@ states, not exceptions: a node with no driver is an ``Inventory`` whose ``state`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
-
-import attrs
 
 #: Bump only with a documented, backwards-incompatible change (docs/detect-schema.md).
 SCHEMA_VERSION = 1
@@ -26,7 +25,7 @@ GPU_LOST = "lost"  # NVML_ERROR_GPU_IS_LOST: fell off the bus
 GPU_ERROR = "error"  # any other NVML error while reading this GPU
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class MigDevice:
     """One MIG device (a GPU instance + compute instance) on a MIG-enabled GPU."""
 
@@ -42,7 +41,7 @@ class MigDevice:
     compute_instance_slices: Optional[int] = None
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class GPU:
     """One physical GPU as NVML reports it. Fields are None when NVML could not say."""
 
@@ -74,7 +73,7 @@ class GPU:
         return self.state == GPU_OK
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Inventory:
     """Everything detection learned about the node's GPUs and driver."""
 
@@ -124,7 +123,7 @@ def _gpu_dict(g: GPU) -> dict[str, Any]:
             "capable": g.mig_capable,
             "mode_current": g.mig_mode_current,
             "mode_pending": g.mig_mode_pending,
-            "devices": [attrs.asdict(m) for m in g.mig_devices],
+            "devices": [dataclasses.asdict(m) for m in g.mig_devices],
         },
         "power_limit_w": g.power_limit_w,
     }

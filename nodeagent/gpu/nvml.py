@@ -13,8 +13,6 @@ import re
 import threading
 from typing import Any, Callable, Optional, TypeVar
 
-import structlog
-
 from nodeagent.gpu.arch import arch_family
 from nodeagent.gpu.inventory import (
     GPU,
@@ -27,9 +25,10 @@ from nodeagent.gpu.inventory import (
     Inventory,
     MigDevice,
 )
+from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 

@@ -16,12 +16,11 @@ whole value is double-quoted.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from collections.abc import Mapping
 from typing import Optional
-
-import attrs
 
 from nodeagent.errors import InputError
 from nodeagent.fsutil import read_text_or_none
@@ -39,7 +38,7 @@ _SAFE_RE = re.compile(r"^[A-Za-z0-9._/=:,\-]+$")
 _LINE_RE = re.compile(r"^(\s*(?:export\s+)?)" + VAR + r"=(.*)$")
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Taint:
     key: str
     value: str
@@ -51,7 +50,7 @@ class Taint:
         )
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class KubeletArgs:
     """The extra args as a list of kubelet flags, plus the keys the agent owns."""
 

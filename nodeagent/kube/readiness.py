@@ -9,10 +9,9 @@ by a controller when the condition turns True (a node may not touch its own tain
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Optional
-
-import attrs
 
 from nodeagent.gpu.inventory import (
     GPU_LOST,
@@ -37,14 +36,14 @@ _NVML_REASONS = {
 }
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Readiness:
     status: str  # True / False / Unknown
     reason: str  # CamelCase
     message: str
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Facts:
     """What readiness depends on. ``runtime_ok`` None means "not checked" (e.g. engine none)."""
 

@@ -17,20 +17,20 @@ refuse is never restarted into. docs/runtime.md explains the choices.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
-import attrs
-import structlog
 import tomlkit
 import tomlkit.exceptions
 
 from nodeagent.config import Config
 from nodeagent.errors import InputError, StepFailed
 from nodeagent.fsutil import Backups, FileMeta, HostLock, read_text_or_none, write_atomic
+from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
 from nodeagent.retry import Retryable, call_with_retry
 from nodeagent.runtime.engine import (
@@ -43,7 +43,7 @@ from nodeagent.runtime.engine import (
 from nodeagent.runtime.select import unix_socket_path
 from nodeagent.runtime.service import ServiceControl
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # The CRI runtime plugin's name by config schema version (containerd 1.5+: 2; 2.x: 3).
 CRI_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
@@ -56,7 +56,7 @@ DROP_IN_HEADER = (
 )
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class TomlFile:
     """One TOML file as read: its host path, text (None if absent) and plain data."""
 
@@ -65,7 +65,7 @@ class TomlFile:
     data: dict[str, Any]
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class ContainerdFacts:
     """Everything ``plan`` needs, read from the host by ``read``."""
 

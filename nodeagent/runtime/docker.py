@@ -8,15 +8,14 @@ dockerd is started, whether it runs, whether the runtime binary exists); ``plan`
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
-
-import attrs
-import structlog
 
 from nodeagent.config import Config
 from nodeagent.errors import InputError, StepFailed
 from nodeagent.fsutil import Backups, FileMeta, HostLock, read_text_or_none, write_atomic
+from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
 from nodeagent.retry import Retryable, call_with_retry
 from nodeagent.runtime import dockerflags, jsonedit
@@ -31,7 +30,7 @@ from nodeagent.runtime.engine import (
 from nodeagent.runtime.select import unix_socket_path
 from nodeagent.runtime.service import ServiceControl
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # daemon.json keys dockerd re-reads on SIGHUP (docker/cli docs/reference/dockerd.md,
 # "Configuration reload behavior"); a change to any other key needs a restart.
@@ -54,7 +53,7 @@ RELOADABLE_KEYS = frozenset(
 )
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class DockerFacts:
     """Everything ``plan`` needs, read from the host by ``read``."""
 
@@ -152,7 +151,7 @@ class DockerEngine:
             if f.running and f.can_signal and self.rt.restart_mode != "none":
                 raise StepFailed(msg)
             warnings.append(msg)
-        new_text = jsonedit.render(attrs.evolve(f.doc, data=new_data))
+        new_text = jsonedit.render(dataclasses.replace(f.doc, data=new_data))
         change = FileChange(path=self.path, host_path=self.host_path, old=f.text, new=new_text)
         activation, reason = self._activation(f, keys)
         return Plan(

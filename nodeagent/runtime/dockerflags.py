@@ -12,12 +12,11 @@ process's command line. Parsing is pure; :func:`collect` does the reading.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
-
-import attrs
 
 from nodeagent.fsutil import read_text_or_none
 from nodeagent.paths import HostRoot
@@ -41,7 +40,7 @@ FLAG_FOR_KEY = {
 }
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class FlagSource:
     """Where dockerd gets flags from, and the words found there."""
 

@@ -13,11 +13,9 @@ so ``--dry-run`` is ``plan`` + :meth:`Plan.diff` and nothing else.
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 from pathlib import Path
 from typing import Optional, Protocol
-
-import attrs
 
 # Plan.activation values: what makes a written change take effect.
 ACTIVATE_NONE = "none"  # nothing changed, or the runtime is stopped (reads the file at start)
@@ -25,7 +23,7 @@ ACTIVATE_RELOAD = "reload"  # dockerd SIGHUP / systemctl reload
 ACTIVATE_RESTART = "restart"  # systemctl restart
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class FileChange:
     """One file's old and new text. ``old`` is None when the file does not exist."""
 
@@ -40,6 +38,8 @@ class FileChange:
 
     def diff(self) -> str:
         """A unified diff, ``a/`` the old file, ``b/`` the new one."""
+        import difflib
+
         return "".join(
             difflib.unified_diff(
                 (self.old or "").splitlines(keepends=True),
@@ -50,7 +50,7 @@ class FileChange:
         )
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """What an engine will do. Empty ``changes`` means nothing to do (no write, no signal)."""
 
@@ -70,7 +70,7 @@ class Plan:
         return "".join(c.diff() for c in self.changes if c.changed)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class ApplyResult:
     """What actually happened: files written, how the daemon was told, whether it took."""
 

@@ -8,11 +8,10 @@ indentation style and ends with a newline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any, Optional
-
-import attrs
 
 from nodeagent.errors import InputError
 
@@ -20,7 +19,7 @@ MAX_BYTES = 1024 * 1024  # daemon.json is a few hundred bytes; a larger file is 
 DEFAULT_INDENT = "    "
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class JSONDoc:
     """A parsed JSON object file and how it was laid out."""
 
@@ -110,7 +109,7 @@ def _dump(value: Any, indent: Optional[str], lead: str = "") -> str:
     return json.dumps(value, indent=indent, ensure_ascii=False).replace("\n", "\n" + lead)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class _Member:
     key: str
     start: int  # the key's opening quote

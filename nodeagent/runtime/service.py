@@ -9,21 +9,19 @@ state gets ``systemctl reset-failed`` first so that budget is not already spent.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Optional
 
-import attrs
-import structlog
-
 from nodeagent.errors import StepFailed
+from nodeagent.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class ServiceControl:
     unit: str
     reload_command: tuple[str, ...] = ()
@@ -59,6 +57,8 @@ class ServiceControl:
             raise StepFailed(f"{self.pidfile}: cannot read the daemon's pid: {e}") from None
 
     def _systemctl_state(self) -> str:
+        import subprocess
+
         try:
             out = subprocess.run(
                 ("systemctl", "is-active", self.unit),
@@ -71,6 +71,8 @@ class ServiceControl:
         return out.stdout.strip() or "unknown"
 
     def _run(self, argv: tuple[str, ...]) -> None:
+        import subprocess  # lazy: planning never runs anything
+
         log.info("runtime.service.command", unit=self.unit, argv=list(argv))
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s)
