@@ -91,6 +91,32 @@ def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class KubeConfig:
+    """How the agent and the controller talk to the cluster (docs/kubernetes.md)."""
+
+    # The credential: the kubelet's own by default (a node identity under NodeRestriction).
+    kubeconfig: str = "/etc/kubernetes/kubelet.conf"
+    # The kubelet's extra-args file; default: /etc/default/kubelet (Debian, Ubuntu) or
+    # /etc/sysconfig/kubelet (RHEL family, Alibaba Cloud Linux), from /etc/os-release.
+    kubelet_args_file: Optional[str] = None
+    condition_type: str = "nvidia.com/GPUReady"
+    # Register the node with the startup taint (NoSchedule) until GPUReady is True.
+    startup_taint: bool = True
+    startup_taint_key: str = "readiness.k8s.io/nvidia-gpu-not-ready"
+    # GPUReady also needs the device plugin to advertise every detected GPU in capacity.
+    require_device_plugin: bool = True
+    # How long to wait for the kubelet to register the Node.
+    wait_for_node_s: float = 300.0
+    # Deadline for one API call including its retries.
+    api_deadline_s: float = 60.0
+    event_namespace: str = "default"
+    # The controller's NoSchedule taint for nodes whose GPUReady stays False.
+    unhealthy_taint_key: str = "nodeagent.io/gpu-unhealthy"
+    # How long GPUReady must be False before the controller taints the node.
+    unhealthy_grace_s: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration. ``Config()`` is the all-defaults config."""
 
@@ -105,6 +131,7 @@ class Config:
     backup_keep: int = 10
     labels: LabelsConfig = dataclasses.field(default_factory=LabelsConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    kube: KubeConfig = dataclasses.field(default_factory=KubeConfig)
 
 
 # --- loading --------------------------------------------------------------------------------

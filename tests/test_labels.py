@@ -1,7 +1,7 @@
 """The label set: GFD-compatible values, the operators' conventions, validity, mixed nodes.
 
 labels.node_labels is a pure function of an Inventory, so these tests build inventories
-directly from real hardware values (../shared/gpu-profiles/real-gpus.json); the NVML path
+directly from real hardware values (tests/data/real-gpus.json, from ../shared/gpu-profiles/); the NVML path
 that produces inventories is tested in test_detect.py.
 """
 
@@ -31,14 +31,12 @@ from nodeagent.labels import (
     sanitize_value,
 )
 
-# Real values read off hardware, with sources (the steering repo's shared/ beside this one).
-REAL_GPUS = Path(__file__).parents[2] / "shared" / "gpu-profiles" / "real-gpus.json"
-REAL = {g["name"]: g for g in json.loads(REAL_GPUS.read_text())} if REAL_GPUS.exists() else {}
+# Real values read off hardware, with their sources (tests/data/real-gpus.README.md).
+REAL_GPUS = Path(__file__).parent / "data" / "real-gpus.json"
+REAL = {g["name"]: g for g in json.loads(REAL_GPUS.read_text())}
 
 
 def real(name: str) -> dict:
-    if name not in REAL:
-        pytest.skip("../shared/gpu-profiles/real-gpus.json not present")
     return REAL[name]
 
 
