@@ -1,7 +1,7 @@
 """The label set: GFD-compatible values, the operators' conventions, validity, mixed nodes.
 
 labels.node_labels is a pure function of an Inventory, so these tests build inventories
-directly from real hardware values (tests/data/real-gpus.json, copied from ../shared/); the NVML path
+directly from real hardware values (tests/data/real-gpus.json, from ../shared/); the NVML path
 that produces inventories is tested in test_detect.py.
 """
 
