@@ -131,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a restart that stops running containers (live-restore off)",
     )
     rb.set_defaults(func=cmd_rollback)
+
+    ctl = sub.add_parser(
+        "controller",
+        help="in the cluster: lift the startup taint when GPUReady is True, taint nodes whose "
+        "GPUs stay unhealthy",
+    )
+    ctl.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="credential that may get/list/watch/patch nodes (default: the pod's service account)",
+    )
+    ctl.set_defaults(func=cmd_controller)
     return p
 
 
@@ -224,6 +236,27 @@ def cmd_detect(ctx: Context) -> int:
         doc["labels"] = dict(sorted(labels.items()))
         emit(doc, fmt)
     return EXIT_OK if inv.state == STATE_OK else EXIT_NO_GPU
+
+
+def cmd_controller(ctx: Context) -> int:
+    cfg = ctx.config()
+    import signal
+
+    from nodeagent.kube.client import KubeAPI
+    from nodeagent.kube.controller import Controller, Rules
+
+    kubeconfig = Path(ctx.args.kubeconfig) if ctx.args.kubeconfig else None
+    api = KubeAPI(kubeconfig, deadline_s=cfg.kube.api_deadline_s)
+    rules = Rules(
+        condition_type=cfg.kube.condition_type,
+        startup_taint_key=cfg.kube.startup_taint_key,
+        unhealthy_taint_key=cfg.kube.unhealthy_taint_key,
+        grace_s=cfg.kube.unhealthy_grace_s,
+    )
+    controller = Controller(api, rules)
+    signal.signal(signal.SIGTERM, lambda *_: controller.stop())
+    controller.run()
+    return EXIT_OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,393 @@
+"""The agent's API calls on its own Node, with the kubelet's credential, behind one class.
+
+Built on the official ``kubernetes`` client (imported here, never on the CLI's fast paths),
+with three things it does not do by itself:
+
+* **one retry policy** (:mod:`nodeagent.retry`): 429 (honouring ``Retry-After``), 5xx and
+  connection errors are retried with full-jitter backoff inside a deadline; 400, 401, 403,
+  404 (except reads) and 422 are final and become one clear line naming the credential or
+  the field; 409 is raised as :class:`Conflict` so the caller re-reads and re-applies.
+  urllib3's own retries are off, so a PATCH is never silently sent twice.
+* **credential rotation**: the kubelet rotates its client certificate
+  (``/var/lib/kubelet/pki/kubelet-client-current.pem``); the client is rebuilt whenever the
+  kubeconfig, or a certificate, key or token file it names, changes (inode, size, mtime).
+* **plain dicts**: responses are read as JSON (``_preload_content=False``), not the
+  generated models, so fields the client does not know survive and patches stay data.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+from nodeagent.errors import InputError, StepFailed
+from nodeagent.log import get_logger
+from nodeagent.retry import Retryable, call_with_retry, retry_after_seconds, status_is_retryable
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class Conflict(Exception):
+    """409: the object changed under us; re-read and re-apply."""
+
+
+class APIRefused(StepFailed):
+    """A final answer from the API server (400/401/403/404/422), as one clear line."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()  # follows the kubelet's -current.pem symlink
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def credential_files(kubeconfig: Path) -> list[Path]:
+    """The kubeconfig and every file of the current user's credential it names."""
+    import yaml
+
+    files = [kubeconfig]
+    try:
+        doc = yaml.safe_load(kubeconfig.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return files
+    ctx_name = doc.get("current-context")
+    ctx = next(
+        (c.get("context") or {} for c in doc.get("contexts") or [] if c.get("name") == ctx_name), {}
+    )
+    user = next(
+        (u.get("user") or {} for u in doc.get("users") or [] if u.get("name") == ctx.get("user")),
+        {},
+    )
+    for key in ("client-certificate", "client-key", "tokenFile"):
+        if user.get(key):
+            p = Path(user[key])
+            files.append(p if p.is_absolute() else kubeconfig.parent / p)
+    return files
+
+
+def certificate_not_after(path: Path) -> Optional[datetime.datetime]:
+    """When a PEM certificate expires, or None if it cannot be read."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+    stamp = ssl.cert_time_to_seconds(decoded["notAfter"])
+    return datetime.datetime.fromtimestamp(stamp, tz=datetime.timezone.utc)
+
+
+class KubeAPI:
+    """A credential (re-read when it rotates) and the one retry policy for every call."""
+
+    def __init__(
+        self,
+        kubeconfig: Optional[Path],
+        *,
+        deadline_s: float = 60.0,
+        request_timeout_s: float = 10.0,
+        event_namespace: str = "default",
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.source = str(kubeconfig) if kubeconfig else "the in-cluster service account"
+        self.deadline_s = deadline_s
+        self.request_timeout_s = request_timeout_s
+        self.event_namespace = event_namespace
+        self._stamp: tuple[tuple[int, int, int], ...] = ()
+        self._files: list[Path] = []
+        self._core: Any = None
+        self._api_client: Any = None
+        self.reads = 0
+        self.writes = 0
+
+    # --- the client and its credential --------------------------------------------------
+
+    def _current_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple(_file_stamp(p) for p in self._files)
+
+    def core(self) -> Any:
+        """A CoreV1Api, rebuilt when the credential on disk changed."""
+        if self._core is not None and self._current_stamp() == self._stamp:
+            return self._core
+        self._build()
+        return self._core
+
+    def _build(self) -> None:
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        if self.kubeconfig is None:  # in the cluster: the pod's service account
+            self._files = [SERVICE_ACCOUNT / "token", SERVICE_ACCOUNT / "ca.crt"]
+            try:
+                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            except Exception as e:
+                raise InputError(f"in-cluster credential: {e} (or pass --kubeconfig)") from None
+            self._finish(cfg)
+            return
+        if not self.kubeconfig.is_file():
+            raise InputError(f"{self.kubeconfig}: kubeconfig not found (set kube.kubeconfig)")
+        self._files = credential_files(self.kubeconfig)
+        for f in self._files[1:]:
+            if not os.access(f, os.R_OK):
+                raise InputError(f"{self.kubeconfig}: credential file {f} is missing or unreadable")
+        try:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(self.kubeconfig), client_configuration=cfg
+            )
+        except Exception as e:  # the loader raises bare Exceptions and ConfigExceptions
+            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{self.kubeconfig}: invalid kubeconfig: {line}") from None
+        self._finish(cfg)
+
+    def _finish(self, cfg: Any) -> None:
+        from kubernetes import client
+
+        cfg.retries = False  # one retry policy: ours
+        if self._api_client is not None:
+            self._api_client.close()
+        self._api_client = client.ApiClient(cfg)
+        self._core = client.CoreV1Api(self._api_client)
+        self._stamp = self._current_stamp()
+        self._cert_file = cfg.cert_file
+        self._server = cfg.host
+        log.info("kube.client.built", server=cfg.host, credential=self.source)
+
+    def close(self) -> None:
+        if self._api_client is not None:
+            self._api_client.close()
+            self._api_client = None
+            self._core = None
+
+    # --- one policy for every call ------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[Any], T], *, missing_ok: bool = False) -> Optional[T]:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError, SSLError
+
+        def attempt() -> Optional[T]:
+            core = self.core()
+            try:
+                return fn(core)
+            except ApiException as e:
+                status = int(e.status or 0)
+                if status == 404 and missing_ok:
+                    return None
+                if status == 409:
+                    raise Conflict(_status_message(e)) from None
+                if status_is_retryable(status) or status == 0:
+                    raise Retryable(
+                        f"{what}: {status} {e.reason}",
+                        retry_after_seconds(dict(e.headers or {})),
+                    ) from None
+                raise self._refused(what, status, _status_message(e)) from None
+            except SSLError as e:
+                raise StepFailed(self._tls_problem(e)) from None
+            except (HTTPError, OSError) as e:
+                raise Retryable(f"{what}: {type(e).__name__}: {e}") from None
+
+        try:
+            return call_with_retry(attempt, what=what, deadline_s=self.deadline_s)
+        except Retryable as e:
+            raise StepFailed(f"{what}: gave up after {self.deadline_s:.0f} s: {e}") from None
+
+    def _refused(self, what: str, status: int, message: str) -> APIRefused:
+        if status == 401:
+            return APIRefused(
+                f"{what}: the API server rejected the credential in {self.source} "
+                f"(401 Unauthorized: {message})",
+                status,
+            )
+        if status == 403:
+            return APIRefused(
+                f"{what}: forbidden for the credential in {self.source}: {message}", status
+            )
+        return APIRefused(f"{what}: {status}: {message}", status)
+
+    def _tls_problem(self, e: Exception) -> str:
+        text = str(e)
+        cert = getattr(self, "_cert_file", None)
+        if cert:
+            not_after = certificate_not_after(Path(cert))
+            if not_after is not None and not_after < datetime.datetime.now(datetime.timezone.utc):
+                return (
+                    f"{self.source}: client certificate expired at "
+                    f"{not_after:%Y-%m-%dT%H:%M:%SZ} ({cert}); the kubelet rotates it while it runs"
+                )
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return (
+                f"{self.source}: the API server's certificate is not trusted by the "
+                f"kubeconfig's certificate-authority ({_short(text)})"
+            )
+        return f"{self.source}: TLS with {getattr(self, '_server', '?')} failed: {_short(text)}"
+
+    def _timeout(self) -> tuple[float, float]:
+        return (self.request_timeout_s, self.request_timeout_s)
+
+    def _kw(self) -> dict[str, Any]:
+        """Raw JSON back (no model decoding), a connect and read timeout on every call."""
+        return {"_preload_content": False, "_request_timeout": self._timeout()}
+
+    # --- calls on any Node (the controller) --------------------------------------------
+
+    def list_nodes(self) -> tuple[list[dict[str, Any]], str]:
+        """Every Node and the list's resourceVersion (to watch from)."""
+        self.reads += 1
+        out = self._call(
+            "list nodes",
+            lambda core: _json(core.list_node(**self._kw())),
+        )
+        assert out is not None
+        return list(out.get("items") or []), str(
+            (out.get("metadata") or {}).get("resourceVersion", "")
+        )
+
+    def get_named_node(self, name: str) -> Optional[dict[str, Any]]:
+        """Node ``name``, or None when it does not exist."""
+        self.reads += 1
+        return self._call(
+            f"get node {name}",
+            lambda core: _json(core.read_node(name, **self._kw())),
+            missing_ok=True,
+        )
+
+    def patch_named_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A strategic-merge patch on Node ``name``. A ``metadata.resourceVersion`` in the
+        patch is a precondition: a changed Node raises :class:`Conflict`."""
+        self.writes += 1
+        out = self._call(
+            f"patch node {name}",
+            lambda core: _json(core.patch_node(name, patch, **self._kw())),
+        )
+        assert out is not None
+        return out
+
+    def watch_nodes(
+        self, rv: str, timeout_s: int, field_selector: Optional[str] = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """One watch request on Nodes from ``rv``; yields (type, object) until it ends.
+        A broken stream just ends (the caller watches again from the last version)."""
+        self.reads += 1
+
+        def open_stream(core: Any) -> Any:
+            return core.list_node(
+                field_selector=field_selector,
+                watch=True,
+                resource_version=rv or None,
+                timeout_seconds=timeout_s,
+                allow_watch_bookmarks=True,
+                _preload_content=False,
+                _request_timeout=(self.request_timeout_s, timeout_s + 5),
+            )
+
+        resp = self._call("watch nodes", open_stream)
+        if resp is None:
+            return
+        try:
+            buf = b""
+            for chunk in resp.stream(amt=None, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        event = json.loads(line)
+                        yield event.get("type", ""), event.get("object") or {}
+        except Exception as e:  # the stream broke: the caller re-watches
+            log.info("kube.watch.ended", error=str(e))
+        finally:
+            resp.release_conn()
+
+
+class NodeAPI(KubeAPI):
+    """GET/PATCH/WATCH of one Node and Events about it, with the node's own credential."""
+
+    def __init__(self, kubeconfig: Path, node_name: str, **kwargs: Any) -> None:
+        super().__init__(kubeconfig, **kwargs)
+        self.node_name = node_name
+
+    def get_node(self) -> Optional[dict[str, Any]]:
+        """The Node, or None when it does not exist (yet)."""
+        return self.get_named_node(self.node_name)
+
+    def patch_node(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """A strategic-merge patch on the Node (labels, annotations)."""
+        self.writes += 1
+        out = self._call(
+            f"patch node {self.node_name}",
+            lambda core: _json(core.patch_node(self.node_name, patch, **self._kw())),
+        )
+        assert out is not None
+        return out
+
+    def patch_node_status(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """A strategic-merge patch on ``nodes/NAME/status`` (conditions merge by type)."""
+        self.writes += 1
+        out = self._call(
+            f"patch node {self.node_name} status",
+            lambda core: _json(core.patch_node_status(self.node_name, patch, **self._kw())),
+        )
+        assert out is not None
+        return out
+
+    def create_event(self, event: dict[str, Any]) -> None:
+        """Record a core/v1 Event (its namespace, else ``event_namespace``)."""
+        self.writes += 1
+        ns = event.get("metadata", {}).get("namespace") or self.event_namespace
+        self._call(
+            "create event",
+            lambda core: _json(core.create_namespaced_event(ns, event, **self._kw())),
+        )
+
+    def wait_for_node(self, deadline_s: float) -> dict[str, Any]:
+        """The Node, waiting for it to be registered: one watch on its name, re-established
+        (bounded, logged) when the server ends it, until ``deadline_s`` passes."""
+        end = time.monotonic() + deadline_s
+        rv = ""
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise StepFailed(
+                    f"node {self.node_name} did not appear within {deadline_s:.0f} s "
+                    "(is the kubelet running and registering under this name?)"
+                )
+            selector = f"metadata.name={self.node_name}"
+            for kind, obj in self.watch_nodes(rv, max(1, int(remaining)), selector):
+                rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                if kind in ("ADDED", "MODIFIED"):
+                    return obj
+                if kind == "ERROR":  # 410 Gone: start again from the current state
+                    rv = ""
+            log.info(
+                "kube.wait_for_node.rewatch", node=self.node_name, remaining_s=round(remaining)
+            )
+
+
+def _json(resp: Any) -> dict[str, Any]:
+    data = resp.data
+    return dict(json.loads(data)) if data else {}
+
+
+def _status_message(e: Any) -> str:
+    try:
+        body = json.loads(e.body)
+        return str(body.get("message") or e.reason)
+    except (TypeError, ValueError):
+        return str(e.reason)
+
+
+def _short(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else "unknown error"
