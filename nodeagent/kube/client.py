@@ -185,6 +185,9 @@ class KubeAPI:
                 return fn(core)
             except ApiException as e:
                 status = int(e.status or 0)
+                if status == 0 and "SSLError" in str(e.reason):
+                    # the kubernetes client turns urllib3's SSLError into status 0
+                    raise StepFailed(self._tls_problem(str(e.reason))) from None
                 if status == 404 and missing_ok:
                     return None
                 if status == 409:
@@ -196,7 +199,7 @@ class KubeAPI:
                     ) from None
                 raise self._refused(what, status, _status_message(e)) from None
             except SSLError as e:
-                raise StepFailed(self._tls_problem(e)) from None
+                raise StepFailed(self._tls_problem(str(e))) from None
             except (HTTPError, OSError) as e:
                 raise Retryable(f"{what}: {type(e).__name__}: {e}") from None
 
@@ -218,8 +221,7 @@ class KubeAPI:
             )
         return APIRefused(f"{what}: {status}: {message}", status)
 
-    def _tls_problem(self, e: Exception) -> str:
-        text = str(e)
+    def _tls_problem(self, text: str) -> str:
         cert = getattr(self, "_cert_file", None)
         if cert:
             not_after = certificate_not_after(Path(cert))
@@ -390,4 +392,6 @@ def _status_message(e: Any) -> str:
 
 
 def _short(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else "unknown error"
+    """The informative line of a TLS error ("[SSL: X] what (_ssl.c:N)"), shortened."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip() and ln.strip() != "SSLError"]
+    return lines[-1][:200] if lines else "unknown error"
