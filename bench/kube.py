@@ -134,11 +134,30 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.kube")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--fleet", type=int, default=200)
+    p.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = p.parse_args()
     from nodeagent import log
 
     log.configure("json", 0)  # warnings only: the table is the output
-    sys.stdout.write(run(args.runs, args.fleet))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = f"Measured {when} by `.venv/bin/python -m bench.kube --write`.\n\n"
+    text += run(args.runs, args.fleet)
+    sys.stdout.write(text)
+    if args.write:
+        doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+        old = doc.read_text()
+        begin, end = "<!-- kube:begin -->", "<!-- kube:end -->"
+        if begin not in old:
+            old += (
+                "\n## The API side, against the test API server on loopback\n\n"
+                "The agent's report phase (wait for the Node on a watch, then labels, condition, "
+                "event) with real HTTPS and node client certificates. A fleet runs N agents as "
+                "threads of one process, each with its own certificate, their Nodes created "
+                f"together.\n\n{begin}\n{end}\n"
+            )
+        head, rest = old.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        doc.write_text(f"{head}{begin}\n{text}{end}{tail}")
     return 0
 
 
