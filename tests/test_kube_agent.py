@@ -361,3 +361,31 @@ def test_kubectl_sees_what_the_agent_wrote(srv: KubeAPIServer, tmp_path: Path) -
     )  # fmt: skip
     assert labels.returncode == 0, labels.stderr
     assert "H100" in labels.stdout
+
+
+def test_token_auth_works_like_a_certificate(srv: KubeAPIServer, tmp_path: Path) -> None:
+    srv.create_node(NODE)
+    kc = srv.kubeconfig(tmp_path / "token.kc", user=f"system:node:{NODE}",
+                        groups=["system:nodes"], auth="token")  # fmt: skip
+    api = NodeAPI(kc, NODE, deadline_s=5)
+    report().apply(api, api.get_node() or {})
+    assert condition(srv.get_node(NODE) or {})["status"] == "True"
+    assert {r.user for r in srv.requests if r.method == "PATCH"} == {f"system:node:{NODE}"}
+
+
+def test_controller_rereads_on_conflict_and_keeps_the_other_taint(
+    srv: KubeAPIServer, tmp_path: Path
+) -> None:
+    startup = {"key": STARTUP_TAINT_KEY, "effect": "NoSchedule"}
+    srv.create_node(NODE, taints=[startup])
+    api = node_api(srv, tmp_path)
+    report().apply(api, api.get_node() or {})
+    rules = Rules(CONDITION_TYPE, STARTUP_TAINT_KEY, "nodeagent.io/gpu-unhealthy", grace_s=60)
+    ctl = Controller(admin_api(srv, tmp_path), rules)
+    ctl.nodes[NODE] = srv.get_node(NODE) or {}  # what the controller saw ...
+    other = {"key": "maintenance", "effect": "NoSchedule"}
+    srv.update_node(NODE, lambda n: n["spec"]["taints"].append(other))  # ... then changed
+    ctl.reconcile(NODE)
+    assert (srv.get_node(NODE) or {})["spec"]["taints"] == [other]
+    conflicts = [r for r in srv.requests if r.method == "PATCH" and r.status == 409]
+    assert len(conflicts) == 1
