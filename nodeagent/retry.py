@@ -101,3 +101,20 @@ def call_with_retry(
         reraise=True,
     )
     return retrying(fn)
+
+
+def wait_until(
+    probe: Callable[[], bool], *, what: str, deadline_s: float, initial_s: float = 0.1
+) -> bool:
+    """Whether ``probe`` returned True within ``deadline_s``, asked with the same backoff
+    (and logging) as every other wait."""
+
+    def attempt() -> None:
+        if not probe():
+            raise Retryable(f"{what}: not yet")
+
+    try:
+        call_with_retry(attempt, what=what, deadline_s=deadline_s, initial_s=initial_s)
+    except Retryable:
+        return False
+    return True

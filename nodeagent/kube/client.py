@@ -112,8 +112,8 @@ class KubeAPI:
         self._files: list[Path] = []
         self._core: Any = None
         self._api_client: Any = None
-        self.reads = 0
-        self.writes = 0
+        self._cert_file: Optional[str] = None  # of the credential in use, for TLS errors
+        self._server = ""
 
     # --- the client and its credential --------------------------------------------------
 
@@ -222,7 +222,7 @@ class KubeAPI:
         return APIRefused(f"{what}: {status}: {message}", status)
 
     def _tls_problem(self, text: str) -> str:
-        cert = getattr(self, "_cert_file", None)
+        cert = self._cert_file
         if cert:
             not_after = certificate_not_after(Path(cert))
             if not_after is not None and not_after < datetime.datetime.now(datetime.timezone.utc):
@@ -235,20 +235,17 @@ class KubeAPI:
                 f"{self.source}: the API server's certificate is not trusted by the "
                 f"kubeconfig's certificate-authority ({_short(text)})"
             )
-        return f"{self.source}: TLS with {getattr(self, '_server', '?')} failed: {_short(text)}"
-
-    def _timeout(self) -> tuple[float, float]:
-        return (self.request_timeout_s, self.request_timeout_s)
+        return f"{self.source}: TLS with {self._server or '?'} failed: {_short(text)}"
 
     def _kw(self) -> dict[str, Any]:
         """Raw JSON back (no model decoding), a connect and read timeout on every call."""
-        return {"_preload_content": False, "_request_timeout": self._timeout()}
+        timeout = (self.request_timeout_s, self.request_timeout_s)
+        return {"_preload_content": False, "_request_timeout": timeout}
 
     # --- calls on any Node (the controller) --------------------------------------------
 
     def list_nodes(self) -> tuple[list[dict[str, Any]], str]:
         """Every Node and the list's resourceVersion (to watch from)."""
-        self.reads += 1
         out = self._call(
             "list nodes",
             lambda core: _json(core.list_node(**self._kw())),
@@ -260,7 +257,6 @@ class KubeAPI:
 
     def get_named_node(self, name: str) -> Optional[dict[str, Any]]:
         """Node ``name``, or None when it does not exist."""
-        self.reads += 1
         return self._call(
             f"get node {name}",
             lambda core: _json(core.read_node(name, **self._kw())),
@@ -270,7 +266,6 @@ class KubeAPI:
     def patch_named_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """A strategic-merge patch on Node ``name``. A ``metadata.resourceVersion`` in the
         patch is a precondition: a changed Node raises :class:`Conflict`."""
-        self.writes += 1
         out = self._call(
             f"patch node {name}",
             lambda core: _json(core.patch_node(name, patch, **self._kw())),
@@ -283,7 +278,6 @@ class KubeAPI:
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """One watch request on Nodes from ``rv``; yields (type, object) until it ends.
         A broken stream just ends (the caller watches again from the last version)."""
-        self.reads += 1
 
         def open_stream(core: Any) -> Any:
             return core.list_node(
@@ -327,17 +321,10 @@ class NodeAPI(KubeAPI):
 
     def patch_node(self, patch: dict[str, Any]) -> dict[str, Any]:
         """A strategic-merge patch on the Node (labels, annotations)."""
-        self.writes += 1
-        out = self._call(
-            f"patch node {self.node_name}",
-            lambda core: _json(core.patch_node(self.node_name, patch, **self._kw())),
-        )
-        assert out is not None
-        return out
+        return self.patch_named_node(self.node_name, patch)
 
     def patch_node_status(self, patch: dict[str, Any]) -> dict[str, Any]:
         """A strategic-merge patch on ``nodes/NAME/status`` (conditions merge by type)."""
-        self.writes += 1
         out = self._call(
             f"patch node {self.node_name} status",
             lambda core: _json(core.patch_node_status(self.node_name, patch, **self._kw())),
@@ -347,7 +334,6 @@ class NodeAPI(KubeAPI):
 
     def create_event(self, event: dict[str, Any]) -> None:
         """Record a core/v1 Event (its namespace, else ``event_namespace``)."""
-        self.writes += 1
         ns = event.get("metadata", {}).get("namespace") or self.event_namespace
         self._call(
             "create event",

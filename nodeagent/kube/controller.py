@@ -72,7 +72,8 @@ def decide(node: Mapping[str, Any], rules: Rules, now: float) -> Decision:
     cond = find_condition((node.get("status") or {}).get("conditions") or [], rules.condition_type)
     keys = {t.get("key") for t in taints}
     status = cond.get("status") if cond else None
-    want = [dict(t) for t in taints]
+    current = [dict(t) for t in taints]
+    want = list(current)
     wake = None
     why = ""
     if status == "True":
@@ -86,7 +87,7 @@ def decide(node: Mapping[str, Any], rules: Rules, now: float) -> Decision:
             why = f"GPUReady=False for {now - since:.0f} s ({cond.get('reason') if cond else ''})"
         else:
             wake = since + rules.grace_s
-    if want == [dict(t) for t in taints]:
+    if want == current:
         return Decision(taints=None, wake_at=wake)
     return Decision(taints=want, wake_at=wake, why=why)
 

@@ -32,7 +32,7 @@ from nodeagent.errors import InputError, StepFailed
 from nodeagent.fsutil import Backups, FileMeta, HostLock, read_text_or_none, write_atomic
 from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
-from nodeagent.retry import Retryable, call_with_retry
+from nodeagent.retry import wait_until
 from nodeagent.runtime.engine import (
     ACTIVATE_NONE,
     ACTIVATE_RESTART,
@@ -41,7 +41,7 @@ from nodeagent.runtime.engine import (
     Plan,
 )
 from nodeagent.runtime.select import unix_socket_path
-from nodeagent.runtime.service import ServiceControl
+from nodeagent.runtime.service import ServiceControl, succeeded
 
 log = get_logger(__name__)
 
@@ -408,12 +408,7 @@ class ContainerdEngine:
         log.warning("containerd.rolled_back", paths=[c.host_path for c in changes])
 
     def _restart(self) -> bool:
-        try:
-            self._service().restart()
-        except StepFailed as e:
-            log.warning("containerd.restart_failed", error=str(e))
-            return False
-        return True
+        return succeeded(self._service().restart, self.cc.service)
 
     def _tool(self, name: str) -> Optional[str]:
         found = self.root.which(name) or (None if self.root.is_real_host else shutil.which(name))
@@ -440,6 +435,10 @@ class ContainerdEngine:
         data, why = self.dump()
         if data is None:
             return "" if why == "containerd binary not found" else why
+        return self._runtime_problem(data)
+
+    def _runtime_problem(self, data: dict[str, Any]) -> str:
+        """Pure: '' when the dumped config has the runtime (as default, if asked)."""
         cri = (data.get("plugins") or {}).get(self._plugin(data)) or {}
         ctd = cri.get("containerd") or {}
         runtime = (ctd.get("runtimes") or {}).get(self.rt.name)
@@ -480,24 +479,19 @@ class ContainerdEngine:
             for line in out.splitlines()
             if line.strip()
         )
-        return cri_ok and self.check_files() == ""
+        return cri_ok and self._runtime_problem(data) == ""
 
     def _wait_verified(self) -> bool:
-        return self._wait(self.verify, "containerd verify")
+        return wait_until(
+            self.verify, what="containerd verify", deadline_s=self.rt.verify_timeout_s
+        )
 
     def _wait_answering(self) -> bool:
-        return self._wait(lambda: self._ctr("version")[0], "containerd version")
-
-    def _wait(self, probe: Any, what: str) -> bool:
-        def attempt() -> None:
-            if not probe():
-                raise Retryable(f"{what}: not yet")
-
-        try:
-            call_with_retry(attempt, what=what, deadline_s=self.rt.verify_timeout_s, initial_s=0.1)
-        except Retryable:
-            return False
-        return True
+        return wait_until(
+            lambda: self._ctr("version")[0],
+            what="containerd version",
+            deadline_s=self.rt.verify_timeout_s,
+        )
 
     def rollback(self) -> ApplyResult:
         """Undo: drop-in mode removes the drop-in and the ``imports`` entry nodeagent added;

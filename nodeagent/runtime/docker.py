@@ -17,7 +17,7 @@ from nodeagent.errors import InputError, StepFailed
 from nodeagent.fsutil import Backups, FileMeta, HostLock, read_text_or_none, write_atomic
 from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
-from nodeagent.retry import Retryable, call_with_retry
+from nodeagent.retry import wait_until
 from nodeagent.runtime import dockerflags, jsonedit
 from nodeagent.runtime.engine import (
     ACTIVATE_NONE,
@@ -28,7 +28,7 @@ from nodeagent.runtime.engine import (
     Plan,
 )
 from nodeagent.runtime.select import unix_socket_path
-from nodeagent.runtime.service import ServiceControl
+from nodeagent.runtime.service import ServiceControl, succeeded
 
 log = get_logger(__name__)
 
@@ -253,17 +253,6 @@ class DockerEngine:
             + ("(it is running again)" if back else "(it is NOT answering: check its log)")
         )
 
-    @staticmethod
-    def _try(action: Callable[[], None]) -> bool:
-        """Run a reload/restart; a failure is logged and reported as False, because what
-        counts is whether docker then shows the runtime (and rollback must still run)."""
-        try:
-            action()
-        except StepFailed as e:
-            log.warning("docker.service_action_failed", error=str(e))
-            return False
-        return True
-
     def _restore(self, change: FileChange, backup: Optional[Path]) -> None:
         if change.old is None:
             self.path.unlink(missing_ok=True)
@@ -319,37 +308,26 @@ class DockerEngine:
             ok = ok and info.get("DefaultRuntime") == self.rt.name
         return ok
 
-    def _wait_verified(self) -> bool:
-        def attempt() -> None:
-            if not self.verify():
-                raise Retryable("docker does not show the nvidia runtime yet")
+    def _try(self, action: Callable[[], None]) -> bool:
+        return succeeded(action, self.dc.service)
 
+    def _wait_verified(self) -> bool:
+        return wait_until(self.verify, what="docker verify", deadline_s=self.rt.verify_timeout_s)
+
+    def _ping(self) -> bool:
         try:
-            call_with_retry(
-                attempt, what="docker verify", deadline_s=self.rt.verify_timeout_s, initial_s=0.1
-            )
-        except Retryable:
+            client = self._client()
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except Exception as e:
+            log.info("docker.ping.failed", error=str(e))
             return False
         return True
 
     def _wait_ping(self) -> bool:
-        def attempt() -> None:
-            try:
-                client = self._client()
-                try:
-                    client.ping()
-                finally:
-                    client.close()
-            except Exception as e:
-                raise Retryable(str(e)) from e
-
-        try:
-            call_with_retry(
-                attempt, what="docker ping", deadline_s=self.rt.verify_timeout_s, initial_s=0.1
-            )
-        except Retryable:
-            return False
-        return True
+        return wait_until(self._ping, what="docker ping", deadline_s=self.rt.verify_timeout_s)
 
     def rollback(self) -> ApplyResult:
         """Restore the newest backup of daemon.json and make docker take it.

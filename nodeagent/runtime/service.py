@@ -13,12 +13,23 @@ import dataclasses
 import os
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from nodeagent.errors import StepFailed
 from nodeagent.log import get_logger
 
 log = get_logger(__name__)
+
+
+def succeeded(action: Callable[[], None], unit: str) -> bool:
+    """Run a reload/restart; a failure is logged and reported as False, because what
+    counts is whether the daemon then shows the runtime (and rollback must still run)."""
+    try:
+        action()
+    except StepFailed as e:
+        log.warning("runtime.service_action_failed", unit=unit, error=str(e))
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
