@@ -1,16 +1,18 @@
-"""Shared fixtures: the simulated GPU."""
+"""Shared fixtures: the simulated GPU, the test API server."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakenvml.build import build, profile
+from tests.kubeapi import KubeAPIServer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +54,14 @@ def use_profile(fake_nvml: FakeNVML, monkeypatch: pytest.MonkeyPatch):  # type: 
         return str(fake_nvml.lib)
 
     return use
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Iterator[KubeAPIServer]:
+    """A started test API server (tests/kubeapi) on loopback, stopped afterwards."""
+    server = KubeAPIServer(tmp_path / "kubeapi")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -20,14 +20,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
+if __package__ in (None, ""):  # run as a script: `python tests/X.py restart BASE`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.realparts import alive, needs
+
 
 def needs_containerd() -> Optional[str]:
     """Why a real containerd cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "containerd needs root"
-    if not (shutil.which("containerd") and shutil.which("ctr")):
-        return "containerd not installed (apt-get install containerd)"
-    return None
+    return needs("containerd", "ctr", package="containerd")
 
 
 class Containerd:
@@ -97,9 +98,9 @@ class Containerd:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.05)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
@@ -115,14 +116,6 @@ class Containerd:
         for sub in ("data", "state"):
             subprocess.run(["umount", "-R", "-l", str(self.base / sub)], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def main(argv: list[str]) -> int:

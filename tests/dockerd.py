@@ -21,6 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+if __package__ in (None, ""):  # run as a script: `python tests/X.py restart BASE`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.realparts import alive, needs
+
 BASE_CONFIG = {
     "storage-driver": "vfs",
     "iptables": False,
@@ -32,11 +37,7 @@ BASE_CONFIG = {
 
 def needs_dockerd() -> Optional[str]:
     """Why a real dockerd cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "dockerd needs root"
-    if not shutil.which("dockerd"):
-        return "dockerd not installed (apt-get install docker.io)"
-    return None
+    return needs("dockerd", package="docker.io")
 
 
 class Dockerd:
@@ -116,7 +117,7 @@ class Dockerd:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.05)
         else:
             os.kill(pid, signal.SIGKILL)
@@ -179,15 +180,6 @@ class Dockerd:
         subprocess.run(["umount", "-R", "-l", str(self.base / "data")], capture_output=True)
         subprocess.run(["umount", "-R", "-l", str(self.base / "x")], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, exited but not yet reaped by whoever started it, is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def write_runtime_standin(root: Path) -> Path:

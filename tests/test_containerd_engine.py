@@ -7,7 +7,6 @@ config.toml the agent edits under ``--root``; restarts go through
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from nodeagent.runtime.containerd import ContainerdEngine
 from nodeagent.runtime.engine import ACTIVATE_NONE, ACTIVATE_RESTART
 from tests.containerd import Containerd, needs_containerd
 from tests.dockerd import write_runtime_standin
+from tests.realparts import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 CRI = '[plugins."io.containerd.grpc.v1.cri"]'
@@ -184,17 +184,11 @@ def test_version_3_configs_use_the_containerd_2_plugin_name(tmp_path: Path) -> N
 # --- against a real containerd ------------------------------------------------------------
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must exercise the real containerd: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def containerd() -> Iterator[Containerd]:
     reason = needs_containerd()
     if reason:
-        _skip_or_fail(reason)
+        skip_or_fail("containerd", reason)
     c = Containerd(Path(tempfile.mkdtemp(prefix="nac.", dir="/tmp")))
     write_runtime_standin(c.root)
     c.config.parent.mkdir(parents=True)

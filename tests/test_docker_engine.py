@@ -26,23 +26,18 @@ from nodeagent.paths import HostRoot
 from nodeagent.runtime.docker import DockerEngine
 from nodeagent.runtime.engine import ACTIVATE_RELOAD, ACTIVATE_RESTART
 from tests.dockerd import BASE_CONFIG, Dockerd, needs_dockerd, write_runtime_standin
+from tests.realparts import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.docker
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must exercise the real dockerd: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def dockerd() -> Iterator[Dockerd]:
     reason = needs_dockerd()
     if reason:
-        _skip_or_fail(reason)
+        skip_or_fail("dockerd", reason)
     d = Dockerd(Path(tempfile.mkdtemp(prefix="nad.", dir="/tmp")))
     write_runtime_standin(d.root)
     d.config.parent.mkdir(parents=True)

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,16 +26,6 @@ from tests.kubeapi import Fault, KubeAPIServer
 
 NODE = "gpu-1"
 LABELS = {"nvidia.com/gpu.present": "true", "gpu": "true", "gpu-type": "H100"}
-
-
-@pytest.fixture
-def srv(tmp_path: Path) -> Iterator[KubeAPIServer]:
-    s = KubeAPIServer(tmp_path / "api")
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def node_api(srv: KubeAPIServer, tmp_path: Path, name: str = NODE, **kw: Any) -> NodeAPI:

@@ -25,16 +25,6 @@ MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
 
 
-@pytest.fixture
-def srv(tmp_path: Path) -> Iterator[KubeAPIServer]:
-    server = KubeAPIServer(tmp_path / "kubeapi")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def as_user(srv: KubeAPIServer, user: str, *groups: str) -> RawClient:
     return RawClient(srv.url, srv.ca_path, cert=srv.client_cert(user, groups))
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,6 @@ class Kubectl:
         proc = self.run(*args)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
-
-
-@pytest.fixture
-def srv(tmp_path: Path) -> Iterator[KubeAPIServer]:
-    server = KubeAPIServer(tmp_path / "kubeapi")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # On a laptop without kubectl these skip; on CI (CI=true) they run, and fail without it.
