@@ -90,6 +90,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    ap = sub.add_parser(
+        "apply",
+        help="the whole job: detect, configure the runtime, kubelet args, report to the Node",
+    )
+    ap.add_argument(
+        "--phase",
+        choices=("bootstrap", "report", "all"),
+        default="all",
+        help="bootstrap: before the kubelet registers (runtime, kubelet args); report: after "
+        "(labels, condition, event); all: both (default)",
+    )
+    ap.add_argument(
+        "--dry-run", action="store_true", help="print every file diff and API patch, change nothing"
+    )
+    ap.add_argument(
+        "--allow-restart",
+        action="store_const",
+        const=True,
+        help="allow a runtime restart that stops running containers (live-restore off)",
+    )
+    ap.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    ap.set_defaults(func=cmd_apply)
+
+    ck = sub.add_parser(
+        "check", help="read-only probes of the driver, runtime, kubelet and Node; exit 1 on a fail"
+    )
+    ck.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ck.add_argument("--phase", choices=("bootstrap", "report", "all"), default="all")
+    ck.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    ck.set_defaults(func=cmd_check)
+
+    rn = sub.add_parser(
+        "run",
+        help="the daemon (systemd Type=notify): apply, then watch XIDs and GPUs and keep the "
+        "Node's labels and GPUReady condition current",
+    )
+    rn.set_defaults(func=cmd_run)
+
     d = sub.add_parser("detect", help="show the GPU inventory and the labels the node would get")
     d.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     d.set_defaults(func=cmd_detect)
@@ -192,6 +230,60 @@ def cmd_runtime_configure(ctx: Context) -> int:
     detail = f" ({result.message})" if result.message else ""
     print(f"{name}: changed {files}; {result.activation}; {state}{detail}")
     return EXIT_OK
+
+
+def cmd_apply(ctx: Context) -> int:
+    from nodeagent.agent import Agent
+    from nodeagent.steps import StepResult
+
+    cfg = _runtime_config(ctx)
+    text = ctx.args.output == "text"
+
+    def emit(r: StepResult) -> None:
+        if text:
+            print(r.line(), flush=True)
+            if r.diff:
+                sys.stdout.write(r.diff if r.diff.endswith("\n") else r.diff + "\n")
+
+    agent = Agent(cfg, ctx.root())
+    try:
+        outcome = agent.apply(ctx.args.phase, dry_run=ctx.args.dry_run, emit=emit)
+    finally:
+        agent.close()
+    if text:
+        print(outcome.summary())
+    else:
+        from nodeagent.output import emit as emit_doc
+
+        emit_doc(outcome.to_dict(), "json")
+    return outcome.exit_code
+
+
+def cmd_check(ctx: Context) -> int:
+    from nodeagent import check
+    from nodeagent.agent import Agent
+
+    agent = Agent(ctx.config(), ctx.root())
+    try:
+        report = check.run(agent, ctx.args.phase)
+    finally:
+        agent.close()
+    strict = ctx.args.strict
+    if ctx.args.output == "json":
+        from nodeagent.output import emit
+
+        emit(report.to_dict(strict), "json")
+    else:
+        colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        sys.stdout.write(check.render(report, colour, strict))
+    return report.exit_code(strict)
+
+
+def cmd_run(ctx: Context) -> int:
+    from nodeagent.daemon import Daemon
+    from nodeagent.sdnotify import Notifier
+
+    return Daemon(ctx.config, ctx.root(), Notifier.from_env()).run()
 
 
 def cmd_rollback(ctx: Context) -> int:

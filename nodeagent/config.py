@@ -117,6 +117,56 @@ class KubeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DaemonConfig:
+    """What ``nodeagent run`` watches and how often it tells the cluster (docs/operations.md)."""
+
+    # Re-detect the GPUs (and re-check the runtime) this often, seconds.
+    redetect_interval_s: float = 60.0
+    # Re-read the Node and correct drift (labels, condition) this often, seconds, each
+    # interval drawn from [1 - jitter, 1 + jitter] x the value so a fleet never ticks in step.
+    heartbeat_interval_s: float = 300.0
+    heartbeat_jitter: float = 0.2
+    # Re-write the condition's lastHeartbeatTime when it is older than this, seconds, even
+    # when nothing changed, so a stale agent is visible; 0 never refreshes an unchanged one.
+    condition_refresh_s: float = 3600.0
+    # After a critical XID, GPUReady stays False until this many seconds pass with no new
+    # critical XID and a re-detect finds every GPU readable; 0 keeps it False until reboot.
+    xid_recovery_s: float = 300.0
+    # XIDs to treat as critical in addition to the built-in list (docs/xid.md), and XIDs to
+    # ignore even when the list has them.
+    xid_extra_critical: tuple[int, ...] = ()
+    xid_ignore: tuple[int, ...] = ()
+    # Prometheus metrics: "HOST:PORT" to serve /metrics on (empty: off), and/or a
+    # node-exporter textfile (a path ending in .prom; empty: off).
+    metrics_listen: str = "127.0.0.1:9410"
+    metrics_textfile: str = ""
+    # While the API server is unreachable, the longest wait between two report attempts
+    # (full-jitter exponential backoff from 2 s up to this), seconds.
+    retry_max_s: float = 60.0
+    # Where the daemon keeps what must survive its own restart (active XIDs, boot id).
+    state_file: str = "/var/lib/nodeagent/state.json"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.heartbeat_jitter < 1:
+            raise ValueError(
+                f"'heartbeat_jitter' must be at least 0 and below 1 (got {self.heartbeat_jitter})"
+            )
+        for name in ("redetect_interval_s", "heartbeat_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"'{name}' must be above 0 (got {getattr(self, name)})")
+        if self.metrics_textfile and not self.metrics_textfile.endswith(".prom"):
+            raise ValueError(
+                f"'metrics_textfile' must end in .prom (got {self.metrics_textfile!r})"
+            )
+        if self.metrics_listen:
+            host, sep, port = self.metrics_listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ValueError(
+                    f"'metrics_listen' must be HOST:PORT (got {self.metrics_listen!r})"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration. ``Config()`` is the all-defaults config."""
 
@@ -132,6 +182,7 @@ class Config:
     labels: LabelsConfig = dataclasses.field(default_factory=LabelsConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     kube: KubeConfig = dataclasses.field(default_factory=KubeConfig)
+    daemon: DaemonConfig = dataclasses.field(default_factory=DaemonConfig)
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -270,6 +321,8 @@ def _describe(e: Exception, dotted: str, bad: Optional[str]) -> str:
         # _one_of raises ValueError(msg, field, options, value)
         where = f"{dotted}.{bad}" if dotted else bad
         return f"'{where}' must be one of {', '.join(map(str, e.args[2]))}, not {e.args[3]!r}"
+    if bad and dotted:
+        return msg.replace(f"'{bad}'", f"'{dotted}.{bad}'", 1)
     return msg
 
 

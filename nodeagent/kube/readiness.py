@@ -54,6 +54,7 @@ class Facts:
     capacity: Optional[Mapping[str, str]] = None
     require_device_plugin: bool = True
     xid: Optional[int] = None  # a critical XID seen and not yet recovered from
+    xid_gpu: Optional[int] = None  # the GPU it was reported on, when NVML said
 
 
 def assess(f: Facts) -> Readiness:
@@ -75,7 +76,14 @@ def assess(f: Facts) -> Readiness:
         g = failing[0]
         return Readiness(FALSE, "GPUError", f"GPU {g.index} cannot be read: {g.error}")
     if f.xid is not None:
-        return Readiness(FALSE, f"XID{f.xid}", f"critical XID {f.xid} reported by NVML")
+        from nodeagent.gpu.xid import describe
+
+        on = f" on GPU {f.xid_gpu}" if f.xid_gpu is not None else ""
+        uuid = next((g.uuid for g in inv.gpus if g.index == f.xid_gpu and g.uuid), None)
+        on += f" ({uuid})" if uuid else ""
+        return Readiness(
+            FALSE, f"XID{f.xid}", f"critical XID {f.xid}{on}: {describe(f.xid)} (docs/xid.md)"
+        )
     if f.runtime_ok is False:
         return Readiness(
             FALSE, "RuntimeNotConfigured", f.runtime_message or "nvidia runtime not configured"

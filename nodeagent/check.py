@@ -1,0 +1,547 @@
+"""``nodeagent check``: read-only probes, each pass / warn / fail with a one-line fix.
+
+Probes run in the order an operator fixes things (driver, GPUs, runtime, kubelet, API,
+Node), each as a small function of :class:`Facts` — the facts are read once, lazily, and
+shared, so the whole check reads NVML once, the runtime once and the Node once. Nothing
+here writes: no file, no signal, no API write. The JSON form (``-o json``) is documented
+in docs/operations.md and versioned by :data:`SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from nodeagent.errors import NodeagentError
+from nodeagent.gpu.inventory import STATE_OK, Inventory
+from nodeagent.paths import HostRoot
+
+if TYPE_CHECKING:
+    from nodeagent.agent import Agent
+    from nodeagent.config import Config
+    from nodeagent.runtime.engine import Engine, Plan
+
+SCHEMA_VERSION = 1
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+NVIDIA_PCI_VENDOR = "0x10de"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    name: str
+    result: str  # pass / warn / fail / skip
+    message: str
+    hint: str = ""  # how to fix it; empty on pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def nvidia_pci_gpus(root: HostRoot) -> Optional[int]:
+    """NVIDIA display/3D controllers on the PCI bus (class 0x03xxxx), or None without sysfs.
+
+    A GPU that fell off the bus hard enough may vanish from NVML's count altogether; the
+    PCI bus still lists it until it is removed, so the two counts disagreeing is the tell.
+    """
+    base = root.path("/sys/bus/pci/devices")
+    try:
+        devices = list(base.iterdir())
+    except OSError:
+        return None
+    n = 0
+    for d in devices:
+        try:
+            vendor = (d / "vendor").read_text().strip()
+            cls = (d / "class").read_text().strip()
+        except OSError:
+            continue
+        if vendor == NVIDIA_PCI_VENDOR and cls.startswith("0x03"):
+            n += 1
+    return n
+
+
+class Facts:
+    """What the probes look at, each read at most once (and only if a probe needs it)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.cfg: Config = agent.cfg
+        self.root = agent.root
+
+    @functools.cached_property
+    def inventory(self) -> Inventory:
+        return self.agent.detect()
+
+    @functools.cached_property
+    def pci_gpus(self) -> Optional[int]:
+        return nvidia_pci_gpus(self.root)
+
+    @functools.cached_property
+    def engine(self) -> tuple[Optional[Engine], str]:
+        """(the runtime engine, '') or (None, why not)."""
+        from nodeagent.runtime.select import choose, make_engine
+
+        try:
+            name = choose(self.cfg, self.root)
+        except NodeagentError as e:
+            return None, str(e)
+        if name is None:
+            return None, "runtime.engine is none"
+        return make_engine(name, self.cfg, self.root), ""
+
+    @functools.cached_property
+    def runtime_plan(self) -> tuple[Optional[Plan], str]:
+        engine, why = self.engine
+        if engine is None:
+            return None, why
+        try:
+            return engine.plan(engine.read()), ""
+        except NodeagentError as e:
+            return None, str(e)
+
+    @functools.cached_property
+    def runtime_verified(self) -> bool:
+        engine, _ = self.engine
+        return engine is not None and engine.verify()
+
+    @functools.cached_property
+    def labels(self) -> dict[str, str]:
+        return self.agent.labels(self.inventory)
+
+    @functools.cached_property
+    def node(self) -> tuple[Optional[dict[str, Any]], str]:
+        """(the Node, '') or (None, why: no credential / API error / not registered)."""
+        if not self.agent.credential_present():
+            return None, f"no credential at {self.cfg.kube.kubeconfig}"
+        try:
+            api = self.agent.node_api()
+            api.deadline_s = min(api.deadline_s, 3.0)  # a doctor answers now or says why
+            node = api.get_node()
+        except NodeagentError as e:
+            return None, f"API: {e}"
+        if node is None:
+            return None, f"Node {self.agent.node_name()} is not registered"
+        return node, ""
+
+
+# --- the probes -------------------------------------------------------------------------
+
+
+def probe_nvml(f: Facts) -> ProbeResult:
+    inv = f.inventory
+    if inv.state == STATE_OK or inv.state == "no-gpu":
+        return ProbeResult("nvml", PASS, f"NVML loads; driver {inv.driver_version}")
+    hint = "install the NVIDIA driver (or `modprobe nvidia`); `nvidia-smi` must work"
+    if inv.error == "NVML_ERROR_LIB_RM_VERSION_MISMATCH":
+        hint = "the driver was upgraded under the loaded kernel module: reboot the node"
+    elif inv.error == "NVML_ERROR_NO_PERMISSION":
+        hint = "the agent cannot open /dev/nvidia*: run it as root (or fix the device modes)"
+    result = FAIL if f.cfg.no_gpu_is_error else WARN
+    return ProbeResult("nvml", result, inv.message or inv.state, hint)
+
+
+def probe_gpus(f: Facts) -> ProbeResult:
+    inv = f.inventory
+    if inv.state != STATE_OK:
+        if inv.state == "no-gpu" and not f.cfg.no_gpu_is_error:
+            return ProbeResult("gpus", PASS, "no GPU: a CPU node (no_gpu_is_error false)")
+        return ProbeResult(
+            "gpus",
+            FAIL if f.cfg.no_gpu_is_error else WARN,
+            inv.message or "no GPU",
+            "check the nvml probe first; `nvidia-smi -L` lists what the driver sees",
+        )
+    bad = [g for g in inv.gpus if not g.usable]
+    if bad:
+        g = bad[0]
+        lost = g.state == "lost"
+        return ProbeResult(
+            "gpus",
+            FAIL,
+            f"GPU {g.index} {'fell off the bus' if lost else 'cannot be read'} ({g.error}); "
+            f"{len(inv.gpus) - len(bad)} of {len(inv.gpus)} usable",
+            "drain the node and reset the GPU (`nvidia-smi -r`) or reboot; look for XID 79 in "
+            "`dmesg`"
+            if lost
+            else f"`nvidia-smi -i {g.index} -q` shows the error; a reset or reboot clears most",
+        )
+    pci = f.pci_gpus
+    if pci is not None and pci > len(inv.gpus):
+        return ProbeResult(
+            "gpus",
+            FAIL,
+            f"NVML sees {len(inv.gpus)} of the {pci} NVIDIA GPUs on the PCI bus",
+            "a GPU is on the bus but not usable by the driver: check `dmesg` for XIDs, reboot",
+        )
+    return ProbeResult("gpus", PASS, f"{len(inv.gpus)} GPUs readable, none lost")
+
+
+def probe_runtime_binary(f: Facts) -> ProbeResult:
+    engine, why = f.engine
+    if engine is None:
+        return ProbeResult("runtime-binary", SKIP, why)
+    found = f.root.which(f.cfg.runtime.path)
+    if found is None:
+        return ProbeResult(
+            "runtime-binary",
+            FAIL,
+            f"{f.cfg.runtime.path} not found in the service PATH",
+            "install nvidia-container-toolkit (it ships nvidia-container-runtime)",
+        )
+    return ProbeResult("runtime-binary", PASS, f"{f.cfg.runtime.path} at /{_host(f, found)}")
+
+
+def _host(f: Facts, p: Path) -> str:
+    try:
+        return str(p.relative_to(f.root.root))
+    except ValueError:
+        return str(p)
+
+
+def probe_runtime_config(f: Facts) -> ProbeResult:
+    engine, why = f.engine
+    if engine is None:
+        status = SKIP if why == "runtime.engine is none" else FAIL
+        return ProbeResult("runtime-config", status, why, "set runtime.engine" if why else "")
+    plan, problem = f.runtime_plan
+    if plan is None:
+        return ProbeResult(
+            "runtime-config",
+            FAIL,
+            problem,
+            "fix the file at the line named (nodeagent never overwrites a malformed file)",
+        )
+    if plan.changed:
+        files = ", ".join(c.host_path for c in plan.changes if c.changed)
+        return ProbeResult(
+            "runtime-config",
+            FAIL,
+            f"{engine.name}: {files} lacks the nvidia runtime"
+            + (" as default" if f.cfg.runtime.set_as_default else ""),
+            "`nodeagent apply --phase bootstrap --dry-run` shows the change; drop --dry-run",
+        )
+    return ProbeResult("runtime-config", PASS, f"{engine.name}: nvidia runtime configured")
+
+
+def probe_runtime_daemon(f: Facts) -> ProbeResult:
+    engine, why = f.engine
+    if engine is None:
+        return ProbeResult("runtime-daemon", SKIP, why)
+    if f.runtime_verified:
+        what = " (default)" if f.cfg.runtime.set_as_default else ""
+        return ProbeResult(
+            "runtime-daemon", PASS, f"{engine.name} runs with the nvidia runtime{what}"
+        )
+    facts_running = _running(engine)
+    if facts_running is False:
+        return ProbeResult(
+            "runtime-daemon",
+            FAIL,
+            f"{engine.name} is not running",
+            f"`systemctl start {_unit(f, engine.name)}`; `journalctl -u {_unit(f, engine.name)}`",
+        )
+    return ProbeResult(
+        "runtime-daemon",
+        FAIL,
+        f"{engine.name} answers but does not show the nvidia runtime"
+        + (" as default" if f.cfg.runtime.set_as_default else ""),
+        "`nodeagent apply` reloads it (or `systemctl reload docker`; containerd: restart)",
+    )
+
+
+def _unit(f: Facts, name: str) -> str:
+    rt = f.cfg.runtime
+    return rt.docker.service if name == "docker" else rt.containerd.service
+
+
+def _running(engine: Engine) -> Optional[bool]:
+    try:
+        return bool(getattr(engine.read(), "running", True))
+    except NodeagentError:
+        return None
+
+
+def probe_kubelet_args(f: Facts) -> ProbeResult:
+    from nodeagent.kube import kubeletargs
+
+    k = f.cfg.kube
+    if f.inventory.state != STATE_OK and not f.cfg.no_gpu_is_error:
+        return ProbeResult("kubelet-args", SKIP, "CPU node")
+    taint = kubeletargs.Taint(k.startup_taint_key, "", "NoSchedule") if k.startup_taint else None
+    path = f.agent.kubelet_args_path()
+    try:
+        change = kubeletargs.plan(f.root, path, f.labels, taint)
+    except NodeagentError as e:
+        return ProbeResult("kubelet-args", FAIL, str(e), f"fix {path}")
+    if not change.changed:
+        what = f"{len(f.labels)} labels" + (" and the startup taint" if taint else "")
+        return ProbeResult("kubelet-args", PASS, f"{path} carries {what}")
+    registered = f.node[0] is not None
+    return ProbeResult(
+        "kubelet-args",
+        WARN if registered else FAIL,
+        f"{path} {'is missing' if change.old is None else 'is not current'}"
+        + (" (applies at the next registration only)" if registered else ""),
+        "`nodeagent apply --phase bootstrap` writes it",
+    )
+
+
+def probe_credential(f: Facts) -> ProbeResult:
+    import datetime
+
+    from nodeagent.kube.client import certificate_not_after, credential_files
+
+    kc = f.root.path(f.cfg.kube.kubeconfig)
+    if not kc.is_file():
+        return ProbeResult(
+            "credential",
+            FAIL,
+            f"{f.cfg.kube.kubeconfig} does not exist",
+            "the kubelet writes it when it joins (kubeadm join); or set kube.kubeconfig",
+        )
+    for p in credential_files(kc):
+        try:
+            p.read_bytes()
+        except OSError as e:
+            return ProbeResult(
+                "credential", FAIL, f"{p}: {e.strerror}", "run as root; check the file's mode"
+            )
+        if p.suffix in (".pem", ".crt"):
+            not_after = certificate_not_after(p)
+            if not_after is not None and not_after < datetime.datetime.now(datetime.timezone.utc):
+                return ProbeResult(
+                    "credential",
+                    FAIL,
+                    f"{p}: client certificate expired {not_after:%Y-%m-%d %H:%M} UTC",
+                    "the kubelet rotates it (rotateCertificates: true); restart the kubelet",
+                )
+    return ProbeResult("credential", PASS, f"{f.cfg.kube.kubeconfig} readable")
+
+
+def probe_api(f: Facts) -> ProbeResult:
+    node, why = f.node
+    if node is not None or why.endswith("is not registered"):
+        return ProbeResult("api", PASS, "the API server answers")
+    if why.startswith("no credential"):
+        return ProbeResult("api", SKIP, why)
+    return ProbeResult(
+        "api", FAIL, why, "check the server address and network (`kubectl get --raw /healthz`)"
+    )
+
+
+def probe_node(f: Facts) -> ProbeResult:
+    node, why = f.node
+    if node is None:
+        if why.startswith("Node "):
+            return ProbeResult(
+                "node",
+                FAIL,
+                why,
+                "is the kubelet running (`systemctl status kubelet`) and registering under "
+                "this name (node_name / --hostname-override)?",
+            )
+        return ProbeResult("node", SKIP, why)
+    return ProbeResult("node", PASS, f"Node {f.agent.node_name()} exists")
+
+
+def probe_labels(f: Facts) -> ProbeResult:
+    from nodeagent.kube.patches import label_patch
+
+    node, why = f.node
+    if node is None:
+        return ProbeResult("labels", SKIP, why)
+    meta = node.get("metadata") or {}
+    patch = label_patch(meta.get("labels") or {}, meta.get("annotations") or {}, f.labels)
+    if patch is None:
+        return ProbeResult("labels", PASS, f"{len(f.labels)} labels current")
+    keys = sorted((patch["metadata"].get("labels") or {}).keys())
+    shown = ", ".join(keys[:3]) + (f" (+{len(keys) - 3})" if len(keys) > 3 else "")
+    return ProbeResult(
+        "labels",
+        FAIL,
+        f"{len(keys)} labels differ from the GPUs: {shown or 'ownership annotation'}",
+        "`nodeagent apply --phase report` (is `nodeagent run` running?)",
+    )
+
+
+def probe_condition(f: Facts) -> ProbeResult:
+    from nodeagent.kube.patches import condition_changed, find_condition
+
+    node, why = f.node
+    ctype = f.cfg.kube.condition_type
+    if node is None:
+        return ProbeResult("condition", SKIP, why)
+    current = find_condition((node.get("status") or {}).get("conditions") or [], ctype)
+    want = f.agent.readiness_fn(f.inventory, _runtime_state(f))(
+        (node.get("status") or {}).get("capacity")
+    )
+    if current is None:
+        return ProbeResult(
+            "condition", FAIL, f"{ctype} is not set", "`nodeagent apply --phase report`"
+        )
+    shown = f"{ctype}={current.get('status')} ({current.get('reason')})"
+    if condition_changed(current, want):
+        return ProbeResult(
+            "condition",
+            FAIL,
+            f"{shown}, but now it is {want.status} ({want.reason}: {want.message})",
+            "is `nodeagent run` running? (`systemctl status nodeagent`)",
+        )
+    if want.status != "True":
+        return ProbeResult(
+            "condition", WARN, f"{shown}: {want.message}", "fix what the probes above report"
+        )
+    return ProbeResult("condition", PASS, shown)
+
+
+def _runtime_state(f: Facts) -> Any:
+    from nodeagent.agent import RuntimeState
+
+    if f.engine[0] is None:
+        return RuntimeState()
+    if f.runtime_verified:
+        return RuntimeState(True)
+    if _running(f.engine[0]) is False:
+        return RuntimeState(None)
+    return RuntimeState(False, "the runtime does not show the nvidia runtime")
+
+
+def probe_startup_taint(f: Facts) -> ProbeResult:
+    from nodeagent.kube.patches import find_condition
+
+    node, why = f.node
+    key = f.cfg.kube.startup_taint_key
+    if node is None:
+        return ProbeResult("startup-taint", SKIP, why)
+    taints = (node.get("spec") or {}).get("taints") or []
+    tainted = any(t.get("key") == key for t in taints)
+    cond = find_condition(
+        (node.get("status") or {}).get("conditions") or [], f.cfg.kube.condition_type
+    )
+    ready = cond is not None and cond.get("status") == "True"
+    if tainted and ready and _age_s(cond) < TAINT_LIFT_GRACE_S:
+        return ProbeResult(
+            "startup-taint",
+            WARN,
+            f"{key} is still on the Node; {f.cfg.kube.condition_type} turned True "
+            f"{_age_s(cond):.0f} s ago",
+            "the controller lifts it within seconds; if it stays, see the next check",
+        )
+    if tainted and ready:
+        return ProbeResult(
+            "startup-taint",
+            FAIL,
+            f"{key} is still on the Node although {f.cfg.kube.condition_type} is True",
+            "deploy the controller that lifts it: `kubectl apply -f deploy/controller.yaml`",
+        )
+    if tainted:
+        return ProbeResult("startup-taint", PASS, f"{key} kept until the GPUs are ready")
+    return ProbeResult("startup-taint", PASS, "no startup taint left")
+
+
+# How long after the condition turned True the controller may take to lift the taint.
+TAINT_LIFT_GRACE_S = 60.0
+
+
+def _age_s(cond: Any) -> float:
+    import datetime
+
+    try:
+        t = datetime.datetime.strptime(cond.get("lastTransitionTime", ""), "%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError):
+        return float("inf")
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return (now - t).total_seconds()
+
+
+Probe = Callable[[Facts], ProbeResult]
+
+PROBES: tuple[tuple[str, Probe, frozenset[str]], ...] = (
+    ("nvml", probe_nvml, frozenset({"bootstrap", "report"})),
+    ("gpus", probe_gpus, frozenset({"bootstrap", "report"})),
+    ("runtime-binary", probe_runtime_binary, frozenset({"bootstrap"})),
+    ("runtime-config", probe_runtime_config, frozenset({"bootstrap"})),
+    ("runtime-daemon", probe_runtime_daemon, frozenset({"bootstrap", "report"})),
+    ("kubelet-args", probe_kubelet_args, frozenset({"bootstrap"})),
+    ("credential", probe_credential, frozenset({"report"})),
+    ("api", probe_api, frozenset({"report"})),
+    ("node", probe_node, frozenset({"report"})),
+    ("labels", probe_labels, frozenset({"report"})),
+    ("condition", probe_condition, frozenset({"report"})),
+    ("startup-taint", probe_startup_taint, frozenset({"report"})),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    node: str
+    phase: str
+    probes: tuple[ProbeResult, ...]
+    elapsed_s: float
+
+    def worst(self, strict: bool = False) -> str:
+        results = {p.result for p in self.probes}
+        if FAIL in results or (strict and WARN in results):
+            return FAIL
+        return WARN if WARN in results else PASS
+
+    def exit_code(self, strict: bool = False) -> int:
+        return 1 if self.worst(strict) == FAIL else 0
+
+    def to_dict(self, strict: bool = False) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "node": self.node,
+            "phase": self.phase,
+            "result": self.worst(strict),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "probes": [p.to_dict() for p in self.probes],
+        }
+
+
+def run(agent: Agent, phase: str = "all") -> Report:
+    """Every probe of ``phase`` (bootstrap, report, all), in order. Never writes."""
+    start = time.monotonic()
+    facts = Facts(agent)
+    out: list[ProbeResult] = []
+    for name, probe, phases in PROBES:
+        if phase != "all" and phase not in phases:
+            continue
+        try:
+            out.append(probe(facts))
+        except NodeagentError as e:  # a probe's own failure is a failed probe, not a crash
+            out.append(ProbeResult(name, FAIL, str(e)))
+    try:
+        node = agent.node_name()
+    except NodeagentError:
+        node = "?"
+    return Report(node, phase, tuple(out), time.monotonic() - start)
+
+
+_COLOURS = {PASS: "32", WARN: "33", FAIL: "31", SKIP: "2"}
+
+
+def render(report: Report, colour: bool, strict: bool = False) -> str:
+    """The one-screen table: a line per probe, a fix line under each warn/fail."""
+
+    def paint(text: str, result: str) -> str:
+        return f"\033[{_COLOURS[result]}m{text}\033[0m" if colour else text
+
+    width = max(len(p.name) for p in report.probes) if report.probes else 4
+    lines = []
+    for p in report.probes:
+        mark = paint(f"{p.result.upper():<4}", p.result)
+        lines.append(f"{mark}  {p.name:<{width}}  {p.message}")
+        if p.hint and p.result in (WARN, FAIL):
+            lines.append(f"{'':4}  {'':<{width}}  fix: {p.hint}")
+    counts = {r: sum(1 for p in report.probes if p.result == r) for r in (PASS, WARN, FAIL, SKIP)}
+    verdict = report.worst(strict)
+    summary = ", ".join(f"{n} {r}" for r, n in counts.items() if n)
+    lines.append(
+        f"check {report.phase} on {report.node}: {paint(verdict, verdict)} · {summary} · "
+        f"{report.elapsed_s:.2f} s"
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,415 @@
+"""``nodeagent run`` as systemd runs it: a subprocess with a real notify socket, the
+simulated GPU (XIDs injected through NVML's event API), a real dockerd and the test API
+server — then signals, an API outage, a lost GPU, and its memory over many heartbeats."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from nodeagent.daemon import first_heartbeat, heartbeat_age_s, jittered
+from nodeagent.health import Health, XidRecord
+from tests.conftest import FakeNVML
+from tests.dockerd import needs_dockerd
+from tests.realparts import skip_or_fail
+from tests.sandbox import Sandbox
+
+CONDITION = "nvidia.com/GPUReady"
+
+
+class NotifySocket:
+    """The systemd side of sd_notify: a datagram socket collecting what the agent sends."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="nfy.", dir="/tmp"))
+        self.path = self.dir / "notify"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.messages: list[dict[str, str]] = []
+
+    def wait_for(
+        self, key: str, value: Optional[str] = None, timeout: float = 30
+    ) -> dict[str, str]:
+        """The next message (after those seen) carrying ``key`` (= ``value``)."""
+        end = time.monotonic() + timeout
+        for m in self.messages:
+            if key in m and (value is None or m[key] == value) and not m.get("_seen"):
+                m["_seen"] = "1"
+                return m
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                data = self.sock.recv(4096).decode()
+            except socket.timeout:
+                break
+            m = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            self.messages.append(m)
+            if key in m and (value is None or m[key] == value):
+                m["_seen"] = "1"
+                return m
+        raise AssertionError(f"no {key}={value} from the agent; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Running:
+    """``nodeagent run`` in a sandbox."""
+
+    def __init__(self, box: Sandbox, notify: NotifySocket, **env: str) -> None:
+        self.box = box
+        self.notify = notify
+        self.proc = subprocess.Popen(
+            box.argv("--log-format", "json", "run"),
+            env=box.env(NOTIFY_SOCKET=str(notify.path), **env),
+            stdout=subprocess.PIPE,
+            stderr=open(box.base / "daemon.log", "ab"),  # noqa: SIM115
+            cwd=box.base,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> tuple[int, float]:
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - start
+
+    def log(self) -> str:
+        return (self.box.base / "daemon.log").read_text(errors="replace")
+
+
+def condition(box: Sandbox) -> dict[str, Any]:
+    node = box.srv.get_node(box.node) or {}
+    for c in (node.get("status") or {}).get("conditions") or []:
+        if c["type"] == CONDITION:
+            return dict(c)
+    return {}
+
+
+def wait_until(what: str, probe: Callable[[], bool], timeout: float, run: Running) -> float:
+    """Seconds until ``probe()`` holds (fails the test after ``timeout``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if probe():
+            return time.monotonic() - start
+        assert run.proc.poll() is None, f"the agent exited: {run.log()[-3000:]}"
+        time.sleep(0.02)
+    raise AssertionError(f"{what} not within {timeout} s; log: {run.log()[-3000:]}")
+
+
+def writes(box: Sandbox) -> int:
+    return sum(1 for r in box.srv.requests if r.method in ("POST", "PUT", "PATCH", "DELETE"))
+
+
+DAEMON = {
+    "redetect_interval_s": 0.5,
+    "heartbeat_interval_s": 2,
+    "xid_recovery_s": 3,
+    "retry_max_s": 3,
+    "metrics_textfile": "/var/lib/nodeagent/metrics/nodeagent.prom",
+}
+
+
+@pytest.fixture
+def box(tmp_path: Path, fake_nvml: FakeNVML) -> Iterator[Sandbox]:
+    reason = needs_dockerd()
+    if reason:
+        skip_or_fail("dockerd", reason)
+    sb = Sandbox(tmp_path / "sb", lib=fake_nvml.lib)
+    try:
+        sb.start(daemon=DAEMON, kube={"api_deadline_s": 5, "wait_for_node_s": 30})
+        yield sb
+    finally:
+        sb.stop()
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifySocket]:
+    n = NotifySocket()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+@pytest.fixture
+def ready(box: Sandbox, notify: NotifySocket) -> Iterator[Running]:
+    """The daemon started, READY=1 sent, the Node registered and reported True."""
+    run = Running(box, notify)
+    try:
+        notify.wait_for("READY", "1")
+        box.register()
+        wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 20, run)
+        yield run
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(10)
+
+
+def metrics(box: Sandbox) -> str:
+    path = box.root / "var/lib/nodeagent/metrics/nodeagent.prom"
+    return path.read_text() if path.exists() else ""
+
+
+def test_critical_xid_flips_the_condition_within_2s_with_an_event_then_recovers(
+    box: Sandbox, ready: Running
+) -> None:
+    with box.events.open("a") as f:
+        f.write("2 79\n")
+    took = wait_until(
+        "GPUReady False XID79", lambda: condition(box).get("reason") == "XID79", 2.0, ready
+    )
+    assert condition(box)["status"] == "False"
+    assert "on GPU 2 (GPU-" in condition(box)["message"]
+    wait_until(
+        "event",
+        lambda: any(e["reason"] == "XID79" and e["type"] == "Warning" for e in box.srv.events()),
+        3,
+        ready,
+    )
+    print(f"XID -> condition False: {took:.3f} s")
+    wait_until(
+        "xid metric",
+        lambda: 'nodeagent_xid_events_total{critical="true",gpu="2",xid="79"} 1' in metrics(box),
+        3,
+        ready,
+    )
+    # recovery: xid_recovery_s (3 s) quiet and every GPU readable -> True again
+    wait_until("recovered", lambda: condition(box).get("status") == "True", 8, ready)
+    assert any(e["reason"] == "GPUReady" for e in box.srv.events()[-2:])
+
+
+def test_an_application_xid_changes_nothing(box: Sandbox, ready: Running) -> None:
+    before = writes(box)
+    with box.events.open("a") as f:
+        f.write("5 13\n")
+    wait_until(
+        "xid 13 counted",
+        lambda: 'nodeagent_xid_events_total{critical="false",gpu="5",xid="13"} 1' in metrics(box),
+        3,
+        ready,
+    )
+    assert condition(box)["status"] == "True"
+    assert writes(box) == before
+
+
+def test_a_gpu_falling_off_the_bus_is_reported(box: Sandbox, ready: Running) -> None:
+    doc = json.loads(box.profile.read_text())
+    doc["gpus"][3]["error"] = "NVML_ERROR_GPU_IS_LOST"
+    box.profile.write_text(json.dumps(doc))
+    wait_until("GPULost", lambda: condition(box).get("reason") == "GPULost", 3, ready)
+    node = box.srv.get_node(box.node)
+    assert node is not None
+    assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == "7"
+    # the Event follows the condition's patch
+    wait_until("event", lambda: any(e["reason"] == "GPULost" for e in box.srv.events()), 3, ready)
+
+
+def test_no_api_write_between_heartbeats_when_nothing_changed(box: Sandbox, ready: Running) -> None:
+    time.sleep(1)  # let the first report settle
+    before = writes(box)
+    reads = len(box.srv.requests)
+    time.sleep(6)  # 3 heartbeats (2 s), 12 re-detects (0.5 s)
+    assert writes(box) == before
+    assert len(box.srv.requests) > reads, "heartbeats read the Node"
+
+
+def test_api_outage_of_30s_is_survived_and_caught_up(
+    box: Sandbox, ready: Running, notify: NotifySocket
+) -> None:
+    box.srv.stop()
+    doc = json.loads(box.profile.read_text())
+    doc["gpus"][1]["error"] = "NVML_ERROR_GPU_IS_LOST"  # happens while the API is down
+    box.profile.write_text(json.dumps(doc))
+    time.sleep(30)
+    assert ready.proc.poll() is None, "the agent survived the outage"
+    assert "daemon.report_failed" in ready.log()
+    box.srv.start()
+    took = wait_until(
+        "caught up after the outage",
+        lambda: condition(box).get("reason") == "GPULost",
+        # one API call's own deadline (5 s) plus the daemon's backoff (retry_max_s 3 s)
+        20,
+        ready,
+    )
+    print(f"caught up {took:.1f} s after the API server came back")
+    assert "nodeagent_api_errors_total" in metrics(box)
+
+
+def test_sigterm_exits_cleanly_within_5s_even_mid_outage(
+    box: Sandbox, ready: Running, notify: NotifySocket
+) -> None:
+    box.srv.stop()  # the reporter is stuck in retries
+    with box.events.open("a") as f:
+        f.write("0 79\n")
+    time.sleep(1)
+    code, took = ready.stop(signal.SIGTERM)
+    assert code == 0
+    assert took < 5
+    notify.wait_for("STOPPING", "1", timeout=1)
+    box.srv.start()
+
+
+def test_sighup_rereads_the_config_and_reapplies(
+    box: Sandbox, ready: Running, notify: NotifySocket
+) -> None:
+    box.write_config(
+        daemon=DAEMON,
+        kube={"api_deadline_s": 5},
+        labels={"static": {"pool": "train"}},
+    )
+    ready.proc.send_signal(signal.SIGHUP)
+    notify.wait_for("RELOADING", "1", timeout=5)
+    notify.wait_for("READY", "1", timeout=10)
+    wait_until(
+        "new label",
+        lambda: (box.srv.get_node(box.node) or {})["metadata"]["labels"].get("pool") == "train",
+        5,
+        ready,
+    )
+    # a bad config on SIGHUP keeps the old one running, and says so
+    box.config_path.write_text("daemon:\n  heartbeat_jitter: 7\n")
+    ready.proc.send_signal(signal.SIGHUP)
+    msg = notify.wait_for("STATUS", timeout=5)
+    while "config not reloaded" not in msg["STATUS"]:
+        msg = notify.wait_for("STATUS", timeout=5)
+    assert "heartbeat_jitter" in msg["STATUS"]
+    assert ready.proc.poll() is None
+
+
+def test_watchdog_pings_and_metrics_are_served_on_localhost(
+    box: Sandbox, notify: NotifySocket
+) -> None:
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    box.write_config(
+        daemon={**DAEMON, "metrics_listen": f"127.0.0.1:{port}"}, kube={"api_deadline_s": 5}
+    )
+    box.register()
+    run = Running(box, notify, WATCHDOG_USEC="400000")  # ping every 0.2 s
+    try:
+        notify.wait_for("READY", "1")
+        first = notify.wait_for("WATCHDOG", "1", timeout=2)
+        second = notify.wait_for("WATCHDOG", "1", timeout=2)
+        assert first is not second
+        wait_until("reported", lambda: condition(box).get("status") == "True", 10, run)
+        time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert "nodeagent_gpus 8" in text
+        assert 'nodeagent_condition{condition="nvidia.com/GPUReady",status="True"} 1' in text
+        assert "nodeagent_last_apply_success 1" in text
+    finally:
+        run.stop()
+
+
+def test_an_xid_survives_the_agents_restart_within_one_boot(
+    box: Sandbox, ready: Running, notify: NotifySocket
+) -> None:
+    with box.events.open("a") as f:
+        f.write("2 79\n")
+    wait_until("XID79", lambda: condition(box).get("reason") == "XID79", 2, ready)
+    ready.stop()
+    box.write_config(daemon={**DAEMON, "xid_recovery_s": 0}, kube={"api_deadline_s": 5})
+    again = Running(box, notify)
+    try:
+        notify.wait_for("READY", "1")
+        time.sleep(2)  # several re-detects and a heartbeat
+        assert condition(box).get("reason") == "XID79"
+    finally:
+        again.stop()
+    # after a reboot (a new boot id) the GPUs were reset: the XID is forgotten
+    (box.root / "proc/sys/kernel/random/boot_id").write_text("7c1c3b2e-sandbox-boot-2\n")
+    rebooted = Running(box, notify)
+    try:
+        notify.wait_for("READY", "1")
+        wait_until("True after reboot", lambda: condition(box).get("status") == "True", 5, rebooted)
+    finally:
+        rebooted.stop()
+
+
+def test_memory_does_not_grow_over_many_heartbeats(box: Sandbox, notify: NotifySocket) -> None:
+    box.register()
+    box.write_config(
+        daemon={**DAEMON, "redetect_interval_s": 0.02, "heartbeat_interval_s": 0.05},
+        kube={"api_deadline_s": 5},
+    )
+    run = Running(box, notify)
+    try:
+        notify.wait_for("READY", "1")
+
+        def rss_kib() -> int:
+            status = Path(f"/proc/{run.proc.pid}/status").read_text()
+            return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS")))
+
+        time.sleep(5)  # warm: every code path has run
+        warm, reads = rss_kib(), len(box.srv.requests)
+        time.sleep(20)
+        grown = rss_kib() - warm
+        beats = len(box.srv.requests) - reads
+        print(f"RSS {warm} KiB warm, +{grown} KiB after {beats} heartbeat reads")
+        assert beats > 150, "heartbeats ran"
+        assert grown < 2048, f"RSS grew {grown} KiB over {beats} heartbeats"
+        assert warm < 60 * 1024
+    finally:
+        run.stop()
+
+
+# --- the pure parts ---------------------------------------------------------------------
+
+
+def test_jitter_spreads_heartbeats_within_bounds() -> None:
+    assert jittered(100, 0.2, lambda: 0.0) == pytest.approx(80)
+    assert jittered(100, 0.2, lambda: 0.999999) == pytest.approx(120, abs=1e-3)
+    assert first_heartbeat(100, 0.2, lambda: 0.0) == 0
+    assert first_heartbeat(100, 0.2, lambda: 0.5) == pytest.approx(60)
+
+
+def test_heartbeat_age() -> None:
+    node = {
+        "status": {"conditions": [{"type": CONDITION, "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}
+    }
+    t = 1767225600.0  # 2026-01-01T00:00:00Z
+    assert heartbeat_age_s(node, CONDITION, t + 30) == pytest.approx(30)
+    assert heartbeat_age_s({}, CONDITION, t) == float("inf")
+
+
+def test_health_recovery_rules() -> None:
+    h = Health().record(XidRecord(2, 79, 1000.0))
+    assert h.current == XidRecord(2, 79, 1000.0)
+    assert h.recover(1200.0, 300, gpus_readable=True) is h  # not quiet long enough
+    assert h.recover(1300.0, 300, gpus_readable=False) is h  # quiet, but a GPU is unreadable
+    assert h.recover(1300.0, 300, gpus_readable=True).active == ()
+    assert h.recover(10**9, 0, gpus_readable=True) is h  # 0: only a reboot clears it
+    h2 = h.record(XidRecord(2, 48, 1100.0)).record(XidRecord(5, 94, 1050.0))
+    assert [r.xid for r in h2.active] == [48, 94] and h2.current and h2.current.xid == 48
+    assert Health.from_json(h2.to_json("boot-a"), "boot-a") == h2
+    assert Health.from_json(h2.to_json("boot-a"), "boot-b") == Health()  # rebooted
+    assert Health.from_json("not json", "boot-a") == Health()
+
+
+def test_boot_id_file_ties_state_to_a_boot(tmp_path: Path) -> None:
+    from nodeagent.daemon import boot_id
+    from nodeagent.paths import HostRoot
+
+    p = tmp_path / "proc/sys/kernel/random/boot_id"
+    p.parent.mkdir(parents=True)
+    p.write_text("0d6a0c9e-1\n")
+    assert boot_id(HostRoot(tmp_path)) == "0d6a0c9e-1"
+    assert os.path.exists("/proc/sys/kernel/random/boot_id")
