@@ -134,6 +134,7 @@ class Daemon:
         self._kick = threading.Event()  # wake the reporter now
         self._full = False  # the kick wants an API read (not just a re-detect)
         self._reload = False
+        self._reloading = threading.Event()
         self._failures = 0
         self._next_retry: Optional[float] = None
         self._reporter: Optional[threading.Thread] = None
@@ -214,9 +215,12 @@ class Daemon:
             if watchdog and time.monotonic() >= next_ping:
                 self.notifier.watchdog()
                 next_ping = time.monotonic() + watchdog
-            if self._reload and not self._stop.is_set():
+            if self._reload and not self._stop.is_set() and not self._reloading.is_set():
                 self._reload = False
-                self._do_reload()
+                # Off the main thread: a re-apply that restarts a runtime may take a minute,
+                # and the watchdog pings above must not stop meanwhile.
+                self._reloading.set()
+                threading.Thread(target=self._reload_once, name="reload", daemon=True).start()
         return self._shutdown()
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
@@ -241,6 +245,15 @@ class Daemon:
         self.metrics.set("up", 0, {"version": __version__})
         self._write_textfile()
         return 0
+
+    def _reload_once(self) -> None:
+        try:
+            self._do_reload()
+        except Exception as e:  # a reload must never take the daemon down
+            log.exception("daemon.reload_crashed", error=str(e))
+        finally:
+            self._reloading.clear()
+            self._wake_main.set()  # a SIGHUP that came in meanwhile is served now
 
     def _do_reload(self) -> None:
         self.notifier.reloading()

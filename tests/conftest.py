@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 
 from tests.fakenvml.build import build, profile
 from tests.kubeapi import KubeAPIServer
+
+_SESSION_START = time.time()  # conftest is imported as the session starts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,3 +68,16 @@ def srv(tmp_path: Path) -> Iterator[KubeAPIServer]:
         yield server
     finally:
         server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The boot test's timings in CI's log (tests/test_boot.py writes them)."""
+    path = Path(__file__).resolve().parents[1] / "build" / "boot-timings.json"
+    if not path.exists() or path.stat().st_mtime < _SESSION_START:
+        return
+    terminalreporter.section("boot timings (systemd-nspawn, seconds after boot)")
+    for scenario, t in json.loads(path.read_text()).items():
+        terminalreporter.write_line(
+            f"{scenario}: docker configured {t['docker']:.1f} · GPUReady {t['gpuready']:.1f} · "
+            f"startup taint lifted {t['untainted']:.1f}"
+        )

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "fakenvml.c"
@@ -31,12 +32,14 @@ def _sources() -> list[Path]:
     return sorted([*HERE.glob("*.c"), *HERE.glob("*.h")])
 
 
-def build(out_dir: Path) -> Path:
+def build(out_dir: Path, default_profile: Optional[str] = None) -> Path:
     """Compile into ``out_dir`` unless an up-to-date build is there; return the library.
 
     Up to date means newer than every ``.c``/``.h`` here. The library is written to a
     temporary name and renamed, so concurrent builds (parallel test runs) never load a
-    half-written file.
+    half-written file. ``default_profile``: the profile path used when
+    ``FAKE_NVML_PROFILE`` is unset (for a booted machine, whose services do not inherit
+    the test's environment); use a separate ``out_dir`` for such a build.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / LIBNAME
@@ -57,6 +60,7 @@ def build(out_dir: Path) -> Path:
             "-pthread",
             f"-I{nvml_header_dir()}",
             f"-Wl,-soname,{LIBNAME}",
+            *([f'-DFAKE_NVML_DEFAULT_PROFILE="{default_profile}"'] if default_profile else []),
             "-o",
             str(tmp),
             str(SOURCE),

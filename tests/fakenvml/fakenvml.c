@@ -299,10 +299,18 @@ static void unload(void) {
     memset(g_gpus, 0, sizeof g_gpus);
 }
 
+#ifndef FAKE_NVML_DEFAULT_PROFILE
+#define FAKE_NVML_DEFAULT_PROFILE NULL
+#endif
+
 /* (Re-)read $FAKE_NVML_PROFILE: what nvmlInit finds on the node right now. */
 static nvmlReturn_t load(void) {
     unload();
     const char *path = getenv("FAKE_NVML_PROFILE");
+    /* A build for a booted test machine names its profile at compile time (services do
+       not inherit the test's environment); the variable still wins. */
+    static const char *default_profile = FAKE_NVML_DEFAULT_PROFILE;
+    if ((!path || !*path) && default_profile) path = default_profile;
     /* No profile named or readable: as if the kernel module were not loaded. */
     if (!path || !*path) return NVML_ERROR_DRIVER_NOT_LOADED;
     char *text = read_file(path);
