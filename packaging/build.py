@@ -207,6 +207,22 @@ def download_all(work: Path, arch: Arch, deps: list[str], locked: bool) -> dict[
 # out. tests/test_packages.py imports every bundled module under every CPython.
 PRUNE_PATHS = ("kubernetes/aio/",)
 CUT_REQUIREMENTS = {"kubernetes": {"aiohttp", "aiohttp-retry"}}
+# kubernetes >= 37 generates kubernetes.client with lazy imports (a module __getattr__ in
+# client/__init__.py, api/__init__.py and models/__init__.py): the per-API-group modules and
+# the ~850 model classes load only when used, and nodeagent uses none of them (it calls its
+# five endpoints on ApiClient: nodeagent/kube/client.py, _Core). Their packages' __init__
+# files stay; the rest is 33 MiB and ~900 files less to unpack at every install
+# (docs/benchmarks.md, "Boot"). An older, eagerly importing client keeps everything.
+LAZY_PRUNE_PATHS = ("kubernetes/client/api/", "kubernetes/client/models/")
+
+
+def lazy_kubernetes_client(z: zipfile.ZipFile) -> bool:
+    """Whether this wheel's kubernetes.client imports its API and model modules lazily."""
+    try:
+        text = z.read("kubernetes/client/__init__.py").decode("utf-8", errors="replace")
+    except KeyError:
+        return False
+    return "def __getattr__" in text
 
 
 def canonical(name: str) -> str:
@@ -302,6 +318,7 @@ def needed(wheels: list[Path], deps: list[str], py: str) -> list[Path]:
 def unpack_wheel(whl: Path, dest: Path) -> None:
     """Install a wheel's importable files into ``dest`` like pip --target, minus scripts."""
     with zipfile.ZipFile(whl) as z:
+        lazy = lazy_kubernetes_client(z)
         for info in z.infolist():
             if info.is_dir():
                 continue
@@ -312,7 +329,10 @@ def unpack_wheel(whl: Path, dest: Path) -> None:
                 if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
                     continue  # scripts, headers, data files: nothing nodeagent imports
                 parts = parts[2:]
-            if "/".join(parts).startswith(PRUNE_PATHS):
+            path = "/".join(parts)
+            if path.startswith(PRUNE_PATHS):
+                continue
+            if lazy and path.startswith(LAZY_PRUNE_PATHS) and parts[-1] != "__init__.py":
                 continue
             target = dest.joinpath(*parts)
             if target.exists():

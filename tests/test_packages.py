@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -347,6 +348,43 @@ sys.exit(1 if failed else 0)
     # And nodeagent itself, through the launcher: config, pynvml, the no-driver answer.
     r = launch(python, tree, "detect", "-o", "json")
     assert r.returncode == 3 and '"state": "no-driver"' in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.12"])
+def test_the_bundled_client_reports_a_node_with_the_generated_api_left_out(
+    tree: Path, version: str, srv: Any, fake_nvml: Any, tmp_path: Path
+) -> None:
+    """kubernetes >= 37's generated API and model modules are not bundled (build.py,
+    LAZY_PRUNE_PATHS): the agent, run from the bundle, still labels the Node and sets its
+    condition on the test API server (3.9 gets an older client that keeps them all)."""
+    shared = tree / "opt/nodeagent/lib/cp310+cp311+cp312+cp313/kubernetes/client"
+    if shared.is_dir():
+        assert sorted(p.name for p in (shared / "api").iterdir()) == ["__init__.py"]
+        assert sorted(p.name for p in (shared / "models").iterdir()) == ["__init__.py"]
+    root = tmp_path / "root"
+    srv.node_kubeconfig(root / "etc/kubernetes/kubelet.conf", "gpu-1")
+    srv.create_node("gpu-1", capacity={"nvidia.com/gpu": "8"})
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"node_name: gpu-1\nnvml_library: {fake_nvml.lib}\nruntime:\n  engine: none\n"
+    )
+    script = tree / "usr/bin/nodeagent"
+    flags = script.read_text().splitlines()[0].split()[1:]
+    r = run(
+        [
+            pyenv_python(version),
+            *flags,
+            str(script),
+            *("--root", str(root), "--config", str(config), "apply", "--phase", "report"),
+        ],
+        cwd="/",
+        env={**CLEAN_ENV, "FAKE_NVML_PROFILE": str(fake_nvml.profile("h100x8"))},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    node = srv.get_node("gpu-1")
+    assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == "8"
+    cond = [c for c in node["status"]["conditions"] if c["type"] == "nvidia.com/GPUReady"]
+    assert cond and cond[0]["status"] == "True", node["status"]
 
 
 @pytest.mark.parametrize("version", ["3.6", "3.8"])

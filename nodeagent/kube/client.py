@@ -369,7 +369,9 @@ class _Core:
     token refresh) without its generated ``CoreV1Api``: that module validates ~900
     methods with pydantic and costs the daemon ~22 MiB of resident memory for nothing
     (docs/benchmarks.md). Same contract as the generated methods with
-    ``_preload_content=False``: the raw urllib3 response, ``ApiException`` on non-2xx."""
+    ``_preload_content=False``: the raw urllib3 response, ``ApiException`` on non-2xx.
+    Works with both generators of the client: kubernetes >= 37 (``param_serialize``) and
+    the python-legacy one before it (the packages bundle 35 for CPython 3.9)."""
 
     SMP = "application/strategic-merge-patch+json"
 
@@ -392,15 +394,31 @@ class _Core:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
-        request = self.api_client.param_serialize(
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        client = self.api_client
+        if not hasattr(client, "param_serialize"):
+            # kubernetes <= 35 (python-legacy generator; what CPython 3.9 gets): call_api
+            # returns the raw urllib3 response and raises ApiException on non-2xx itself.
+            return client.call_api(
+                path,
+                method,
+                query_params=params,
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=_request_timeout,
+            )
+        request = client.param_serialize(
             method=method,
             resource_path=path,
-            query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
+            query_params=params,
             header_params=headers,
             body=body,
             auth_settings=["BearerToken"],
         )
-        resp = self.api_client.call_api(*request, _request_timeout=_request_timeout)
+        resp = client.call_api(*request, _request_timeout=_request_timeout)
         if not 200 <= resp.status <= 299:
             resp.read()
             raise ApiException.from_response(http_resp=resp, body=None, data=None)
