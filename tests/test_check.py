@@ -95,6 +95,19 @@ def lose_gpu(box: Sandbox) -> None:
     box.profile.write_text(json.dumps(doc))
 
 
+def gpu_vanished_from_nvml(box: Sandbox) -> None:
+    """The PCI bus lists 9 NVIDIA display controllers; NVML sees the profile's 8."""
+    for i in range(9):
+        dev = box.root / f"sys/bus/pci/devices/0000:{0x18 + i:02x}:00.0"
+        dev.mkdir(parents=True)
+        (dev / "vendor").write_text("0x10de\n")
+        (dev / "class").write_text("0x030200\n")  # 3D controller
+    nic = box.root / "sys/bus/pci/devices/0000:05:00.0"  # an NVIDIA NIC-class device: not a GPU
+    nic.mkdir(parents=True)
+    (nic / "vendor").write_text("0x10de\n")
+    (nic / "class").write_text("0x020000\n")
+
+
 def no_driver(box: Sandbox) -> None:
     box.profile.write_text(json.dumps({"init_error": "NVML_ERROR_DRIVER_NOT_LOADED"}))
 
@@ -163,6 +176,7 @@ CASES: list[tuple[Callable[[Sandbox], None], str, str]] = [
     # break, the probe that must fail first, words its fix hint must carry
     (no_driver, "nvml", "install the NVIDIA driver"),
     (lose_gpu, "gpus", "reboot"),
+    (gpu_vanished_from_nvml, "gpus", "dmesg"),
     (remove_standin, "runtime-binary", "nvidia-container-toolkit"),
     (drop_runtime_from_daemon_json, "runtime-config", "nodeagent apply"),
     (malformed_daemon_json, "runtime-config", "never overwrites"),
@@ -214,3 +228,28 @@ def test_phase_selects_probes(healthy: Sandbox) -> None:
     ]
     _, doc = check_json(healthy, "--phase", "report")
     assert "kubelet-args" not in by_name(doc) and "condition" in by_name(doc)
+
+
+def test_the_table_is_coloured_only_when_asked() -> None:
+    from nodeagent.check import FAIL, PASS, WARN, ProbeResult, Report, render
+
+    report = Report(
+        "gpu-1",
+        "all",
+        (
+            ProbeResult("nvml", PASS, "NVML loads; driver 580.159.04"),
+            ProbeResult("gpus", FAIL, "GPU 3 fell off the bus", "reboot"),
+            ProbeResult("labels", WARN, "stale", "apply"),
+        ),
+        0.25,
+    )
+    plain = render(report, colour=False)
+    assert "\033[" not in plain
+    assert plain.splitlines()[1] == "FAIL  gpus    GPU 3 fell off the bus"
+    assert plain.splitlines()[2] == " " * 14 + "fix: reboot"  # under the message
+    assert plain.splitlines()[-1] == "check all on gpu-1: fail · 1 pass, 1 warn, 1 fail · 0.25 s"
+    coloured = render(report, colour=True)
+    assert "\033[31mFAIL\033[0m  gpus" in coloured and "\033[32mPASS\033[0m  nvml" in coloured
+    assert report.exit_code() == 1 and report.exit_code(strict=True) == 1
+    warn_only = Report("gpu-1", "all", report.probes[2:], 0.1)
+    assert (warn_only.exit_code(), warn_only.exit_code(strict=True)) == (0, 1)
