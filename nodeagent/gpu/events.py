@@ -10,7 +10,7 @@ away), ``on_error`` gets a one-line message naming the NVML error and the watche
 with capped, jittered exponential backoff until it works or :meth:`XidWatcher.stop` is called.
 
 Sharing NVML with :func:`nodeagent.gpu.nvml.detect`: pynvml keeps its library in a module
-global, which ``detect(library=...)`` swaps under ``nvml._lock``. The watcher makes every
+global, which ``detect(library=...)`` swaps under :func:`nvml.bound`. The watcher makes every
 pynvml call under the same lock with its own library bound (and gives the global back
 afterwards), so the two never see each other's library. The long wait does not hold the lock:
 it calls ``nvmlEventSetWait_v2`` through a function pointer of the watcher's own library, so
@@ -20,12 +20,11 @@ stays valid across the ``nvmlInit``/``nvmlShutdown`` pairs of concurrent detecti
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import random
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 from nodeagent.gpu import nvml, xid
@@ -63,42 +62,6 @@ class _Session:
     voided: bool = False  # NVML said UNINITIALIZED: our init no longer counts
     event_set: Any = None
     wait: Any = None  # nvmlEventSetWait_v2 of ``lib``
-
-
-@contextlib.contextmanager
-def _bound(lib: Optional[ctypes.CDLL]) -> Iterator[None]:
-    """Hold ``nvml._lock`` with pynvml using ``lib`` (None: whatever pynvml has or loads);
-    give the previous library back afterwards, as ``detect`` does."""
-    import pynvml
-
-    with nvml._lock:
-        saved = pynvml.nvmlLib
-        if lib is not None and saved is not lib:
-            pynvml.nvmlLib = lib
-            pynvml._nvmlGetFunctionPointer_cache.clear()
-        try:
-            yield
-        finally:
-            if lib is not None and pynvml.nvmlLib is not saved:
-                pynvml.nvmlLib = saved
-                pynvml._nvmlGetFunctionPointer_cache.clear()
-
-
-def _error_text(err: BaseException) -> str:
-    """``NVML_ERROR_X (NVML's text)``; call with the library bound (pynvml's str() may ask it)."""
-    try:
-        text = str(err)
-    except Exception:  # pynvml's __str__ calls back into the library
-        text = repr(err)
-    return f"{nvml.error_name(err)} ({text})"
-
-
-def _text(v: object) -> Optional[str]:
-    if v is None:
-        return None
-    if isinstance(v, bytes):
-        return v.decode("utf-8", errors="replace")
-    return str(v)
 
 
 class XidWatcher:
@@ -226,11 +189,11 @@ class XidWatcher:
                 raise _SetupFailed(
                     f"NVML init failed: NVML_ERROR_LIBRARY_NOT_FOUND ({self._library} not found)"
                 ) from None
-        with _bound(lib):
+        with nvml.bound(lib):
             try:
                 pynvml.nvmlInit()
             except pynvml.NVMLError as e:
-                raise _SetupFailed(f"NVML init failed: {_error_text(e)}") from None
+                raise _SetupFailed(f"NVML init failed: {nvml.error_text(e)}") from None
             s.lib = pynvml.nvmlLib
             s.initialised = True
             try:
@@ -248,7 +211,7 @@ class XidWatcher:
             except pynvml.NVMLError as e:
                 if e.value == pynvml.NVML_ERROR_UNINITIALIZED:
                     s.voided = True
-                raise _SetupFailed(f"XID watch setup failed: {_error_text(e)}") from None
+                raise _SetupFailed(f"XID watch setup failed: {nvml.error_text(e)}") from None
         if not registered:
             raise _SetupFailed("XID watch setup failed: no GPU accepts XID events")
         return registered
@@ -281,15 +244,15 @@ class XidWatcher:
         data = pynvml.c_nvmlEventData_t()
         timeout = ctypes.c_uint(self._wait_ms)
         while not self._stop.is_set():
-            # Not under nvml._lock: the watcher's own function pointer, the GIL released.
+            # Not under nvml.bound(): the watcher's own function pointer, the GIL released.
             ret = s.wait(s.event_set, ctypes.byref(data), timeout)
             if ret == pynvml.NVML_ERROR_TIMEOUT:
                 continue
             if ret != pynvml.NVML_SUCCESS:
                 if ret == pynvml.NVML_ERROR_UNINITIALIZED:
                     s.voided = True
-                with _bound(s.lib):
-                    return f"XID wait failed: {_error_text(pynvml.NVMLError(ret))}"
+                with nvml.bound(s.lib):
+                    return f"XID wait failed: {nvml.error_text(pynvml.NVMLError(ret))}"
             if not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
                 log.debug("nvml.event_ignored", event_type=int(data.eventType))
                 continue
@@ -302,13 +265,13 @@ class XidWatcher:
         code = int(data.eventData)
         index: Optional[int] = None
         uuid: Optional[str] = None
-        with _bound(s.lib):
+        with nvml.bound(s.lib):
             try:
                 index = int(pynvml.nvmlDeviceGetIndex(data.device))
             except pynvml.NVMLError as e:
                 log.debug("nvml.xid_index_unreadable", error=nvml.error_name(e))
             try:
-                uuid = _text(pynvml.nvmlDeviceGetUUID(data.device))
+                uuid = nvml.as_text(pynvml.nvmlDeviceGetUUID(data.device))
             except pynvml.NVMLError as e:
                 log.debug("nvml.xid_uuid_unreadable", error=nvml.error_name(e))
         event = XidEvent(
@@ -338,7 +301,7 @@ class XidWatcher:
             return
         import pynvml
 
-        with _bound(s.lib):
+        with nvml.bound(s.lib):
             if s.event_set is not None and not s.voided:
                 try:
                     pynvml.nvmlEventSetFree(s.event_set)

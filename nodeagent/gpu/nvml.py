@@ -8,9 +8,11 @@ listed as ``lost`` while the others are still reported. A query a GPU does not s
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, TypeVar
 
 from nodeagent.gpu.arch import arch_family
@@ -33,7 +35,7 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 # pynvml keeps the loaded library in a module global; detection swaps it when a
-# specific library is configured, so two detections must not interleave.
+# specific library is configured, so two detections must not interleave (see bound()).
 _lock = threading.Lock()
 
 # "NVIDIA A100-SXM4-80GB MIG 1g.10gb", "... MIG 1g.10gb+me", and "... MIG 1c.3g.40gb" for a
@@ -68,7 +70,8 @@ def _query(fn: Callable[..., T], *args: Any) -> Optional[T]:
         raise
 
 
-def _text(v: object) -> Optional[str]:
+def as_text(v: object) -> Optional[str]:
+    """An NVML string result as ``str`` (pynvml returns bytes or str by version)."""
     if v is None:
         return None
     if isinstance(v, bytes):
@@ -84,58 +87,65 @@ def detect(library: Optional[str] = None, root: HostRoot = HostRoot()) -> Invent
     is read for :attr:`Inventory.machine`. Never raises for NVML failures: they are states.
     """
     machine = _machine(root)
-    with _lock:
+    import pynvml
+
+    lib = None
+    if library is not None:
+        try:
+            lib = ctypes.CDLL(library)
+        except OSError:
+            return _init_failed(
+                pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND), library, machine
+            )
+    with bound(lib):
         return _detect(library, machine)
+
+
+@contextlib.contextmanager
+def bound(lib: Optional[ctypes.CDLL]) -> Iterator[None]:
+    """Hold the NVML lock with pynvml using ``lib`` (None: whatever it has or finds), and
+    give the previous library back afterwards.
+
+    pynvml keeps its library in a module global: a configured library (``nvml_library``)
+    must never leak into a later default detection, and detection and the XID watcher
+    (:mod:`nodeagent.gpu.events`) must never see each other's library.
+    """
+    import pynvml
+
+    with _lock:
+        saved = pynvml.nvmlLib
+        if lib is not None and saved is not lib:
+            pynvml.nvmlLib = lib
+            pynvml._nvmlGetFunctionPointer_cache.clear()
+        try:
+            yield
+        finally:
+            if lib is not None and pynvml.nvmlLib is not saved:
+                pynvml.nvmlLib = saved
+                pynvml._nvmlGetFunctionPointer_cache.clear()
 
 
 def _detect(library: Optional[str], machine: Optional[str]) -> Inventory:
     import pynvml
 
-    saved = pynvml.nvmlLib
     try:
-        try:
-            if library is not None:
-                _use_library(library)
-            pynvml.nvmlInit()
-        except pynvml.NVMLError as e:
-            return _init_failed(e, library, machine)
-        try:
-            return _read(machine)
-        except pynvml.NVMLError as e:
-            name = error_name(e)
-            return Inventory(
-                state=STATE_NVML_ERROR,
-                error=name,
-                message=f"NVML query failed: {name} ({_describe(e)})",
-                machine=machine,
-            )
-        finally:
-            try:
-                pynvml.nvmlShutdown()
-            except pynvml.NVMLError as e:
-                log.debug("nvml.shutdown_failed", error=error_name(e))
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        return _init_failed(e, library, machine)
+    try:
+        return _read(machine)
+    except pynvml.NVMLError as e:
+        return Inventory(
+            state=STATE_NVML_ERROR,
+            error=error_name(e),
+            message=f"NVML query failed: {error_text(e)}",
+            machine=machine,
+        )
     finally:
-        if library is not None and pynvml.nvmlLib is not saved:
-            # Give back whatever library was loaded before (None: search again next time),
-            # so a configured library never leaks into later default detections.
-            pynvml.nvmlLib = saved
-            pynvml._nvmlGetFunctionPointer_cache.clear()
-
-
-def _use_library(library: str) -> None:
-    """Make pynvml use ``library``; a path that cannot be loaded is LIBRARY_NOT_FOUND."""
-    import pynvml
-
-    current = pynvml.nvmlLib
-    if current is not None and getattr(current, "_name", None) == library:
-        return  # already the one in use
-    try:
-        lib = ctypes.CDLL(library)
-    except OSError:
-        pynvml.nvmlLib = None  # so the finally in _detect has nothing stale to restore
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND) from None
-    pynvml.nvmlLib = lib
-    pynvml._nvmlGetFunctionPointer_cache.clear()
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError as e:
+            log.debug("nvml.shutdown_failed", error=error_name(e))
 
 
 def _init_failed(e: Exception, library: Optional[str], machine: Optional[str]) -> Inventory:
@@ -150,23 +160,26 @@ def _init_failed(e: Exception, library: Optional[str], machine: Optional[str]) -
     return Inventory(
         state=STATE_NVML_ERROR,
         error=name,
-        message=f"NVML init failed: {name} ({_describe(e)})",
+        message=f"NVML init failed: {error_text(e)}",
         machine=machine,
     )
 
 
-def _describe(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
+    """``NVML_ERROR_X (NVML's own text)``; call with the library still loaded (pynvml's
+    ``str()`` asks it for the text)."""
     try:
-        return str(e)
+        text = str(e)
     except Exception:  # pynvml's __str__ calls back into the library
-        return repr(e)
+        text = repr(e)
+    return f"{error_name(e)} ({text})"
 
 
 def _read(machine: Optional[str]) -> Inventory:
     import pynvml
 
-    driver = _text(pynvml.nvmlSystemGetDriverVersion())
-    nvml_version = _text(_query(pynvml.nvmlSystemGetNVMLVersion))
+    driver = as_text(pynvml.nvmlSystemGetDriverVersion())
+    nvml_version = as_text(_query(pynvml.nvmlSystemGetNVMLVersion))
     cuda = cuda_version(_query(pynvml.nvmlSystemGetCudaDriverVersion))
     gpus = tuple(_gpu(i) for i in range(pynvml.nvmlDeviceGetCount()))
     return Inventory(
@@ -199,7 +212,7 @@ def _gpu(index: int) -> GPU:
 
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        name = _text(pynvml.nvmlDeviceGetName(handle))
+        name = as_text(pynvml.nvmlDeviceGetName(handle))
     except pynvml.NVMLError as e:
         err = error_name(e)
         state = GPU_LOST if e.value == pynvml.NVML_ERROR_GPU_IS_LOST else GPU_ERROR
@@ -217,7 +230,7 @@ def _gpu(index: int) -> GPU:
 def _read_gpu(index: int, handle: Any, name: Optional[str]) -> GPU:
     import pynvml
 
-    uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+    uuid = as_text(pynvml.nvmlDeviceGetUUID(handle))
     pci = pynvml.nvmlDeviceGetPciInfo(handle)
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
     cc = _query(pynvml.nvmlDeviceGetCudaComputeCapability, handle)
@@ -235,7 +248,7 @@ def _read_gpu(index: int, handle: Any, name: Optional[str]) -> GPU:
         index=index,
         name=name,
         uuid=uuid,
-        pci_bus_id=_text(pci.busId),
+        pci_bus_id=as_text(pci.busId),
         pci_device_id=f"0x{pci.pciDeviceId:08X}",
         memory_total_mib=int(memory.total) // (1024 * 1024),
         compute_major=major,
@@ -258,12 +271,12 @@ def _mig_devices(handle: Any) -> tuple[MigDevice, ...]:
         mig = _query(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot)
         if mig is None:
             continue  # an empty slot
-        name = _text(pynvml.nvmlDeviceGetName(mig)) or ""
+        name = as_text(pynvml.nvmlDeviceGetName(mig)) or ""
         attrs = _query(pynvml.nvmlDeviceGetAttributes, mig)
         found.append(
             MigDevice(
                 index=len(found),
-                uuid=_text(pynvml.nvmlDeviceGetUUID(mig)) or "",
+                uuid=as_text(pynvml.nvmlDeviceGetUUID(mig)) or "",
                 name=name,
                 profile=mig_profile(name),
                 gpu_instance_id=int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
