@@ -146,7 +146,6 @@ class Agent:
         *,
         dry_run: bool = False,
         emit: Optional[Callable[[StepResult], None]] = None,
-        xid: Optional[XidRecord] = None,
     ) -> Outcome:
         """Run ``phase``'s steps in order; ``emit`` gets each result as soon as it is known."""
         steps = PHASES[phase]
@@ -180,7 +179,7 @@ class Agent:
                 done(StepResult("node", SKIPPED, "CPU node (no_gpu_is_error is false)"))
             else:
                 r, _ = self.step_node(
-                    inv, labels, runtime, dry_run=dry_run, required=phase == "report", xid=xid
+                    inv, labels, runtime, dry_run=dry_run, required=phase == "report"
                 )
                 done(r)
         return Outcome(
@@ -201,6 +200,7 @@ class Agent:
 
     def step_runtime(self, *, configure: bool, dry_run: bool) -> tuple[StepResult, RuntimeState]:
         """Configure (or, in the report phase, only verify) the container runtime."""
+        from nodeagent.runtime.engine import daemon_stopped
         from nodeagent.runtime.select import choose, make_engine
 
         try:
@@ -208,7 +208,8 @@ class Agent:
             if name is None:
                 return StepResult("runtime", SKIPPED, "runtime.engine is none"), RuntimeState()
             engine = make_engine(name, self.cfg, self.root)
-            plan = engine.plan(engine.read())
+            facts = engine.read()
+            plan = engine.plan(facts)
         except NodeagentError as e:
             return _failed("runtime", e), RuntimeState(False, str(e))
         warn = "".join(f"; warning: {w}" for w in plan.warnings)
@@ -218,7 +219,7 @@ class Agent:
                 detail = f"{name}: the nvidia runtime is configured and running{warn}"
                 return StepResult("runtime", UNCHANGED, detail), RuntimeState(True)
             msg = f"{name}: configured, but the running daemon does not show the nvidia runtime"
-            if _daemon_stopped(engine):
+            if daemon_stopped(facts):
                 msg = f"{name}: configured; the daemon is not running (it reads it at start)"
                 return StepResult("runtime", UNCHANGED, msg + warn), RuntimeState(None, msg)
             return StepResult("runtime", FAILED, msg + warn), RuntimeState(False, msg)
@@ -402,12 +403,3 @@ def _node_detail(name: str, r: Readiness, short: bool = False) -> str:
 
 def _failed(step: str, e: NodeagentError) -> StepResult:
     return StepResult(step, FAILED, str(e), exit_code=e.exit_code)
-
-
-def _daemon_stopped(engine: object) -> bool:
-    """Whether the engine's daemon is simply not running (its facts say so)."""
-    try:
-        facts = engine.read()  # type: ignore[attr-defined]
-    except NodeagentError:
-        return False
-    return getattr(facts, "running", True) is False

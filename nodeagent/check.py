@@ -93,14 +93,34 @@ class Facts:
         return make_engine(name, self.cfg, self.root), ""
 
     @functools.cached_property
-    def runtime_plan(self) -> tuple[Optional[Plan], str]:
+    def runtime_facts(self) -> tuple[Optional[object], str]:
+        """(what the engine read: its files, whether its daemon runs, ...) or (None, why)."""
         engine, why = self.engine
         if engine is None:
             return None, why
         try:
-            return engine.plan(engine.read()), ""
+            return engine.read(), ""
         except NodeagentError as e:
             return None, str(e)
+
+    @functools.cached_property
+    def runtime_plan(self) -> tuple[Optional[Plan], str]:
+        engine, _ = self.engine
+        facts, why = self.runtime_facts
+        if engine is None or facts is None:
+            return None, why
+        try:
+            return engine.plan(facts), ""
+        except NodeagentError as e:
+            return None, str(e)
+
+    @functools.cached_property
+    def runtime_stopped(self) -> bool:
+        """The engine's daemon is simply not running (as far as its facts tell)."""
+        from nodeagent.runtime.engine import daemon_stopped
+
+        facts, _ = self.runtime_facts
+        return facts is not None and daemon_stopped(facts)
 
     @functools.cached_property
     def runtime_verified(self) -> bool:
@@ -235,8 +255,7 @@ def probe_runtime_daemon(f: Facts) -> ProbeResult:
         return ProbeResult(
             "runtime-daemon", PASS, f"{engine.name} runs with the nvidia runtime{what}"
         )
-    facts_running = _running(engine)
-    if facts_running is False:
+    if f.runtime_stopped:
         return ProbeResult(
             "runtime-daemon",
             FAIL,
@@ -255,13 +274,6 @@ def probe_runtime_daemon(f: Facts) -> ProbeResult:
 def _unit(f: Facts, name: str) -> str:
     rt = f.cfg.runtime
     return rt.docker.service if name == "docker" else rt.containerd.service
-
-
-def _running(engine: Engine) -> Optional[bool]:
-    try:
-        return bool(getattr(engine.read(), "running", True))
-    except NodeagentError:
-        return None
 
 
 def probe_kubelet_args(f: Facts) -> ProbeResult:
@@ -404,7 +416,7 @@ def _runtime_state(f: Facts) -> Any:
         return RuntimeState()
     if f.runtime_verified:
         return RuntimeState(True)
-    if _running(f.engine[0]) is False:
+    if f.runtime_stopped:
         return RuntimeState(None)
     return RuntimeState(False, "the runtime does not show the nvidia runtime")
 
@@ -447,14 +459,11 @@ TAINT_LIFT_GRACE_S = 60.0
 
 
 def _age_s(cond: Any) -> float:
-    import datetime
+    """Seconds since the condition's lastTransitionTime (inf when absent or unreadable)."""
+    from nodeagent.kube.patches import epoch
 
-    try:
-        t = datetime.datetime.strptime(cond.get("lastTransitionTime", ""), "%Y-%m-%dT%H:%M:%SZ")
-    except (TypeError, ValueError):
-        return float("inf")
-    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-    return (now - t).total_seconds()
+    since = epoch(cond.get("lastTransitionTime"))
+    return float("inf") if since is None else time.time() - since
 
 
 Probe = Callable[[Facts], ProbeResult]

@@ -20,7 +20,6 @@ active XIDs (at most one per GPU).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import random
 import signal
 import threading
@@ -63,14 +62,11 @@ def first_heartbeat(
 
 def heartbeat_age_s(node: Optional[dict[str, Any]], ctype: str, now: float) -> float:
     """Seconds since the condition's lastHeartbeatTime (inf when absent or unreadable)."""
-    for c in ((node or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == ctype:
-            try:
-                t = datetime.datetime.strptime(c.get("lastHeartbeatTime", ""), "%Y-%m-%dT%H:%M:%SZ")
-            except (TypeError, ValueError):
-                return float("inf")
-            return now - t.replace(tzinfo=datetime.timezone.utc).timestamp()
-    return float("inf")
+    from nodeagent.kube.patches import epoch, find_condition
+
+    cond = find_condition(((node or {}).get("status") or {}).get("conditions") or [], ctype)
+    since = epoch(cond.get("lastHeartbeatTime") if cond else None)
+    return float("inf") if since is None else now - since
 
 
 def boot_id(root: HostRoot) -> str:

@@ -19,7 +19,6 @@ is a 409, and the node is re-read and decided again, never lost.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import heapq
 import queue
 import threading
@@ -28,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from nodeagent.kube.client import Conflict, KubeAPI
-from nodeagent.kube.patches import find_condition
+from nodeagent.kube.patches import epoch, find_condition
 from nodeagent.log import get_logger
 
 log = get_logger(__name__)
@@ -53,19 +52,6 @@ class Decision:
     why: str = ""
 
 
-def _epoch(stamp: Optional[str]) -> Optional[float]:
-    if not stamp:
-        return None
-    try:
-        return (
-            datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
-            .replace(tzinfo=datetime.timezone.utc)
-            .timestamp()
-        )
-    except ValueError:
-        return None
-
-
 def decide(node: Mapping[str, Any], rules: Rules, now: float) -> Decision:
     """Pure: the taints ``node`` should carry given its condition, at time ``now``."""
     taints: Sequence[Mapping[str, Any]] = (node.get("spec") or {}).get("taints") or []
@@ -81,7 +67,7 @@ def decide(node: Mapping[str, Any], rules: Rules, now: float) -> Decision:
         want = [t for t in want if t.get("key") not in ours]
         why = "GPUReady=True"
     elif status == "False" and rules.unhealthy_taint_key not in keys:
-        since = _epoch(cond.get("lastTransitionTime") if cond else None) or now
+        since = epoch(cond.get("lastTransitionTime") if cond else None) or now
         if now - since >= rules.grace_s:
             want.append({"key": rules.unhealthy_taint_key, "effect": NO_SCHEDULE})
             why = f"GPUReady=False for {now - since:.0f} s ({cond.get('reason') if cond else ''})"

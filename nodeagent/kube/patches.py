@@ -20,6 +20,21 @@ from typing import Any, Optional
 from nodeagent.kube.readiness import TRUE, Readiness
 
 OWNED_LABELS_ANNOTATION = "nodeagent.io/owned-labels"
+# The API server's time format (metav1.Time): RFC 3339 in UTC, whole seconds.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def epoch(stamp: Optional[str]) -> Optional[float]:
+    """A metav1.Time (``2026-11-24T03:00:00Z``) as Unix seconds; None if absent or not one."""
+    if not stamp:
+        return None
+    import datetime
+
+    try:
+        t = datetime.datetime.strptime(stamp, TIME_FORMAT)
+    except (TypeError, ValueError):
+        return None
+    return t.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def owned_labels(annotations: Mapping[str, str]) -> set[str]:

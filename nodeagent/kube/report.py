@@ -15,7 +15,13 @@ from typing import Any, Callable, Optional
 
 from nodeagent.errors import StepFailed
 from nodeagent.kube.client import Conflict, NodeAPI
-from nodeagent.kube.patches import condition_patch, find_condition, label_patch, readiness_event
+from nodeagent.kube.patches import (
+    TIME_FORMAT,
+    condition_patch,
+    find_condition,
+    label_patch,
+    readiness_event,
+)
 from nodeagent.kube.readiness import Readiness
 from nodeagent.log import get_logger
 
@@ -37,7 +43,7 @@ class Reported:
 
 
 def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.timezone.utc).strftime(TIME_FORMAT)
 
 
 @dataclasses.dataclass(frozen=True)

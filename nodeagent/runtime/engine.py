@@ -82,6 +82,12 @@ class ApplyResult:
     message: str = ""
 
 
+def daemon_stopped(facts: object) -> bool:
+    """Whether an engine's facts (``read()``) say its daemon is simply not running: then a
+    configured file is all there is to check, the daemon reads it when it starts."""
+    return getattr(facts, "running", True) is False
+
+
 class Engine(Protocol):
     """A container runtime's configuration engine (docker, containerd)."""
 
