@@ -14,11 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import HEADER, Measurement, measure
+from bench.common import HEADER, Measurement, measure, write_section
 
 REPO = Path(__file__).resolve().parents[1]
-BEGIN = "<!-- bench:begin -->"
-END = "<!-- bench:end -->"
 
 
 def run_cli(runs: int) -> list[Measurement]:
@@ -103,11 +101,7 @@ def main() -> int:
     text = render(run_cli(args.runs))
     sys.stdout.write(text)
     if args.write:
-        doc = REPO / "docs" / "benchmarks.md"
-        old = doc.read_text()
-        head, rest = old.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        doc.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+        write_section("bench", text)
     return 0
 
 

@@ -22,20 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import measure
+from bench.common import measure, write_section
 from tests.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 CONDITION = "nvidia.com/GPUReady"
-WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def _condition(box: Sandbox) -> dict[str, Any]:
-    node = box.srv.get_node(box.node) or {}
-    for c in (node.get("status") or {}).get("conditions") or []:
-        if c["type"] == CONDITION:
-            return dict(c)
-    return {}
+    return box.srv.node_condition(box.node, CONDITION)
 
 
 def _wait(probe: Any, timeout: float) -> float:
@@ -52,10 +47,6 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def _writes(box: Sandbox) -> int:
-    return sum(1 for r in box.srv.requests if r.method in WRITES)
 
 
 def _daemon(box: Sandbox) -> subprocess.Popen[bytes]:
@@ -130,9 +121,9 @@ def bench_steady(box: Sandbox, seconds: float) -> str:
         _wait(lambda: _condition(box).get("status") == "True", 30)
         time.sleep(2)
         start_rss = _rss_mib(proc.pid)
-        w0, r0 = _writes(box), len(box.srv.requests)
+        w0, r0 = box.srv.writes(), len(box.srv.requests)
         time.sleep(seconds)
-        writes = _writes(box) - w0
+        writes = box.srv.writes() - w0
         reads = len(box.srv.requests) - r0 - writes
         steady_rss = _rss_mib(proc.pid)
     finally:
@@ -194,19 +185,14 @@ def main() -> int:
     text += run(args.runs, args.seconds)
     sys.stdout.write(text)
     if args.write:
-        doc = REPO / "docs" / "benchmarks.md"
-        old = doc.read_text()
-        begin, end = "<!-- agent:begin -->", "<!-- agent:end -->"
-        if begin not in old:
-            old += (
-                "\n## The agent on a node: `check`, `run`\n\n"
-                "A sandboxed node (tests/sandbox.py): the simulated GPU through the real pynvml, "
-                "a real dockerd, the test API server on loopback; `nodeagent run` as a "
-                f"subprocess, as systemd runs it.\n\n{begin}\n{end}\n"
-            )
-        head, rest = old.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        doc.write_text(f"{head}{begin}\n{text}{end}{tail}")
+        write_section(
+            "agent",
+            text,
+            "\n## The agent on a node: `check`, `run`\n\n"
+            "A sandboxed node (tests/sandbox.py): the simulated GPU through the real pynvml, "
+            "a real dockerd, the test API server on loopback; `nodeagent run` as a "
+            "subprocess, as systemd runs it.\n\n",
+        )
     return 0
 
 

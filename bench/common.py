@@ -8,6 +8,9 @@ import statistics
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,3 +88,16 @@ def measure(
         peak_rss_mib=max(rss),
         target=target,
     )
+
+
+def write_section(name: str, text: str, intro: str = "") -> None:
+    """Put ``text`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in
+    docs/benchmarks.md; a section not there yet is appended after ``intro`` (its heading
+    and what it measures)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = DOC.read_text()
+    if begin not in old:
+        old += f"{intro}{begin}\n{end}\n"
+    head, rest = old.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(f"{head}{begin}\n{text}{end}{tail}")

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from bench.common import write_section
 from nodeagent.kube.client import NodeAPI
 from nodeagent.kube.readiness import CONDITION_TYPE, Readiness
 from nodeagent.kube.report import Report
@@ -144,20 +145,15 @@ def main() -> int:
     text += run(args.runs, args.fleet)
     sys.stdout.write(text)
     if args.write:
-        doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-        old = doc.read_text()
-        begin, end = "<!-- kube:begin -->", "<!-- kube:end -->"
-        if begin not in old:
-            old += (
-                "\n## The API side, against the test API server on loopback\n\n"
-                "The agent's report phase (wait for the Node on a watch, then labels, condition, "
-                "event) with real HTTPS and node client certificates. A fleet runs N agents as "
-                "threads of one process, each with its own certificate, their Nodes created "
-                f"together.\n\n{begin}\n{end}\n"
-            )
-        head, rest = old.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        doc.write_text(f"{head}{begin}\n{text}{end}{tail}")
+        write_section(
+            "kube",
+            text,
+            "\n## The API side, against the test API server on loopback\n\n"
+            "The agent's report phase (wait for the Node on a watch, then labels, condition, "
+            "event) with real HTTPS and node client certificates. A fleet runs N agents as "
+            "threads of one process, each with its own certificate, their Nodes created "
+            "together.\n\n",
+        )
     return 0
 
 

@@ -8,12 +8,15 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
+from tests.dockerd import needs_dockerd
 from tests.fakenvml.build import build, profile
 from tests.kubeapi import KubeAPIServer
+from tests.realparts import skip_or_fail
+from tests.sandbox import Sandbox
 
 _SESSION_START = time.time()  # conftest is imported as the session starts
 
@@ -57,6 +60,27 @@ def use_profile(fake_nvml: FakeNVML, monkeypatch: pytest.MonkeyPatch):  # type: 
         return str(fake_nvml.lib)
 
     return use
+
+
+@pytest.fixture
+def docker_sandbox(tmp_path: Path, fake_nvml: FakeNVML) -> Iterator[Callable[..., Sandbox]]:
+    """Start a simulated node with a real dockerd (tests/sandbox.py), its config keys
+    overridden as given; stopped afterwards. Skipped without dockerd, failed when CI=true."""
+    started: list[Sandbox] = []
+
+    def start(**config: Any) -> Sandbox:
+        reason = needs_dockerd()
+        if reason:
+            skip_or_fail("dockerd", reason)
+        box = Sandbox(tmp_path / f"sb{len(started)}", lib=fake_nvml.lib)
+        started.append(box)
+        return box.start(**config)
+
+    try:
+        yield start
+    finally:
+        for box in started:
+            box.stop()
 
 
 @pytest.fixture

@@ -211,13 +211,18 @@ class Sandbox:
         capacity = {"cpu": "8", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": str(gpus)}
         return self.srv.create_node(self.node, labels=labels, taints=taints, capacity=capacity)
 
+    def admin_kubeconfig(self) -> Path:
+        """A cluster-admin credential for the test API server (written once)."""
+        kc = self.base / "admin.kubeconfig"
+        if not kc.exists():
+            self.srv.admin_kubeconfig(kc)
+        return kc
+
     def lift_startup_taint(self, timeout_s: float = 20.0) -> bool:
         """Run `nodeagent controller` (admin credential) until the startup taint is gone."""
         import time
 
-        kc = self.base / "admin.kubeconfig"
-        if not kc.exists():
-            self.srv.admin_kubeconfig(kc)
+        kc = self.admin_kubeconfig()
         proc = subprocess.Popen(
             [sys.executable, "-m", "nodeagent", "controller", "--kubeconfig", str(kc)],
             env=self.env(),
@@ -241,9 +246,7 @@ class Sandbox:
             proc.wait(10)
 
     def kubectl(self, *args: str) -> str:
-        kc = self.base / "admin.kubeconfig"
-        if not kc.exists():
-            self.srv.admin_kubeconfig(kc)
+        kc = self.admin_kubeconfig()
         if shutil.which("kubectl") is None:
             return "(kubectl is not installed here: skipped)\n"
         r = subprocess.run(

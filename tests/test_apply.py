@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from tests.conftest import FakeNVML
-from tests.dockerd import needs_dockerd
-from tests.realparts import skip_or_fail
 from tests.sandbox import Sandbox
 
 pytestmark = pytest.mark.docker
-
-
-def writes(box: Sandbox) -> int:
-    return sum(1 for r in box.srv.requests if r.method in ("POST", "PUT", "PATCH", "DELETE"))
 
 
 def stamp(p: Path) -> tuple[int, int, bytes]:
@@ -32,16 +26,8 @@ def stamp(p: Path) -> tuple[int, int, bytes]:
 
 
 @pytest.fixture
-def box(tmp_path: Path, fake_nvml: FakeNVML) -> Iterator[Sandbox]:
-    reason = needs_dockerd()
-    if reason:
-        skip_or_fail("dockerd", reason)
-    sb = Sandbox(tmp_path / "sb", lib=fake_nvml.lib)
-    try:
-        sb.start()
-        yield sb
-    finally:
-        sb.stop()
+def box(docker_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    return docker_sandbox()
 
 
 def steps(out: str) -> dict[str, str]:
@@ -71,20 +57,20 @@ def test_phases_in_order_then_a_second_apply_changes_nothing(box: Sandbox) -> No
     assert "--register-with-taints=readiness.k8s.io/nvidia-gpu-not-ready:NoSchedule" in (
         box.kubelet_args()
     )
-    assert writes(box) == 0  # bootstrap never talks to the API server
+    assert box.srv.writes() == 0  # bootstrap never talks to the API server
 
     box.register()
     r = box.nodeagent("apply", "--phase", "report")
     assert r.returncode == 0, r.stdout + r.stderr
     assert steps(r.stdout) == {"detect": "ok", "runtime": "unchanged", "node": "changed"}
-    assert writes(box) == 3  # labels, status, event
+    assert box.srv.writes() == 3  # labels, status, event
     node = box.srv.get_node(box.node)
     assert node is not None
     cond = next(c for c in node["status"]["conditions"] if c["type"] == "nvidia.com/GPUReady")
     assert (cond["status"], cond["reason"]) == ("True", "GPUReady")
     assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
 
-    before = (stamp(daemon_json), stamp(args_file), box.dockerd.reloads(), writes(box))
+    before = (stamp(daemon_json), stamp(args_file), box.dockerd.reloads(), box.srv.writes())
     r = box.nodeagent("apply")
     assert r.returncode == 0, r.stdout + r.stderr
     assert steps(r.stdout) == {
@@ -93,7 +79,7 @@ def test_phases_in_order_then_a_second_apply_changes_nothing(box: Sandbox) -> No
         "kubelet-args": "unchanged",
         "node": "unchanged",
     }
-    after = (stamp(daemon_json), stamp(args_file), box.dockerd.reloads(), writes(box))
+    after = (stamp(daemon_json), stamp(args_file), box.dockerd.reloads(), box.srv.writes())
     assert after == before  # no write, no reload, no API write
 
     r = box.nodeagent("apply", "-o", "json")
@@ -122,7 +108,7 @@ def test_dry_run_prints_every_diff_and_patch_and_touches_nothing(box: Sandbox) -
     assert f"--- PATCH /api/v1/nodes/{box.node} (strategic merge)" in r.stdout
     assert f"--- PATCH /api/v1/nodes/{box.node}/status (strategic merge)" in r.stdout
     assert '"nvidia.com/gpu.count": "8"' in r.stdout
-    assert writes(box) == 0
+    assert box.srv.writes() == 0
     assert box.srv.requests, "the dry run read the Node"
 
 

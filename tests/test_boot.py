@@ -184,11 +184,7 @@ class Cluster:
         self.srv.stop()
 
     def condition(self) -> dict[str, Any]:
-        node = self.srv.get_node(NODE) or {}
-        for c in (node.get("status") or {}).get("conditions") or []:
-            if c["type"] == CONDITION:
-                return dict(c)
-        return {}
+        return self.srv.node_condition(NODE, CONDITION)
 
 
 def prepare(m: Machine, deb: Path, fakenvml: Path, *, user_data: str = "") -> None:

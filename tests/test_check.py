@@ -9,41 +9,47 @@ shows no write and the files keep their bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from tests.conftest import FakeNVML
-from tests.dockerd import needs_dockerd
-from tests.realparts import skip_or_fail
 from tests.sandbox import Sandbox
 
 pytestmark = pytest.mark.docker
 
 
+# Every probe, in the order check runs them (docs/operations.md); the first six are the
+# bootstrap phase's.
+PROBES = [
+    "nvml",
+    "gpus",
+    "runtime-binary",
+    "runtime-config",
+    "runtime-daemon",
+    "kubelet-args",
+    "credential",
+    "api",
+    "node",
+    "labels",
+    "condition",
+    "startup-taint",
+]
+
+
 @pytest.fixture
-def healthy(tmp_path: Path, fake_nvml: FakeNVML) -> Iterator[Sandbox]:
+def healthy(docker_sandbox: Callable[..., Sandbox]) -> Sandbox:
     """A node after bootstrap, registration, report, and the controller's taint lift."""
-    reason = needs_dockerd()
-    if reason:
-        skip_or_fail("dockerd", reason)
-    box = Sandbox(tmp_path / "sb", lib=fake_nvml.lib)
-    try:
-        box.start()
-        assert box.nodeagent("apply", "--phase", "bootstrap").returncode == 0
-        box.register()
-        r = box.nodeagent("apply", "--phase", "report")
-        assert r.returncode == 0, r.stdout + r.stderr
+    box = docker_sandbox()
+    assert box.nodeagent("apply", "--phase", "bootstrap").returncode == 0
+    box.register()
+    r = box.nodeagent("apply", "--phase", "report")
+    assert r.returncode == 0, r.stdout + r.stderr
 
-        def untaint(node: dict[str, Any]) -> None:
-            node["spec"]["taints"] = []
+    def untaint(node: dict[str, Any]) -> None:
+        node["spec"]["taints"] = []
 
-        box.srv.update_node(box.node, untaint)
-        yield box
-    finally:
-        box.stop()
+    box.srv.update_node(box.node, untaint)
+    return box
 
 
 def check_json(box: Sandbox, *args: str) -> tuple[int, dict[str, Any]]:
@@ -55,37 +61,20 @@ def by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in doc["probes"]}
 
 
-def api_writes(box: Sandbox) -> int:
-    return sum(1 for r in box.srv.requests if r.method in ("POST", "PUT", "PATCH", "DELETE"))
-
-
 def test_healthy_node_passes_every_probe_and_check_writes_nothing(healthy: Sandbox) -> None:
     daemon_json = (healthy.root / "etc/docker/daemon.json").read_bytes()
-    writes = api_writes(healthy)
+    writes = healthy.srv.writes()
     code, doc = check_json(healthy)
     assert code == 0
     assert doc["schema_version"] == 1 and doc["result"] == "pass" and doc["node"] == healthy.node
-    assert [p["name"] for p in doc["probes"]] == [
-        "nvml",
-        "gpus",
-        "runtime-binary",
-        "runtime-config",
-        "runtime-daemon",
-        "kubelet-args",
-        "credential",
-        "api",
-        "node",
-        "labels",
-        "condition",
-        "startup-taint",
-    ]
+    assert [p["name"] for p in doc["probes"]] == PROBES
     assert {p["result"] for p in doc["probes"]} == {"pass"}
     assert set(doc["probes"][0]) == {"name", "result", "message", "hint"}
     r = healthy.nodeagent("check")
     assert r.returncode == 0
     assert "\033[" not in r.stdout  # no colour when stdout is not a terminal
     assert r.stdout.splitlines()[-1].startswith(f"check all on {healthy.node}: pass · 12 pass")
-    assert api_writes(healthy) == writes
+    assert healthy.srv.writes() == writes
     assert (healthy.root / "etc/docker/daemon.json").read_bytes() == daemon_json
 
 
@@ -218,14 +207,7 @@ def test_warnings_fail_only_with_strict(healthy: Sandbox) -> None:
 
 def test_phase_selects_probes(healthy: Sandbox) -> None:
     _, doc = check_json(healthy, "--phase", "bootstrap")
-    assert [p["name"] for p in doc["probes"]] == [
-        "nvml",
-        "gpus",
-        "runtime-binary",
-        "runtime-config",
-        "runtime-daemon",
-        "kubelet-args",
-    ]
+    assert [p["name"] for p in doc["probes"]] == PROBES[:6]  # the bootstrap ones
     _, doc = check_json(healthy, "--phase", "report")
     assert "kubelet-args" not in by_name(doc) and "condition" in by_name(doc)
 

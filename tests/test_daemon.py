@@ -20,9 +20,6 @@ import pytest
 
 from nodeagent.daemon import first_heartbeat, heartbeat_age_s, jittered
 from nodeagent.health import Health, XidRecord
-from tests.conftest import FakeNVML
-from tests.dockerd import needs_dockerd
-from tests.realparts import skip_or_fail
 from tests.sandbox import Sandbox
 
 CONDITION = "nvidia.com/GPUReady"
@@ -90,11 +87,7 @@ class Running:
 
 
 def condition(box: Sandbox) -> dict[str, Any]:
-    node = box.srv.get_node(box.node) or {}
-    for c in (node.get("status") or {}).get("conditions") or []:
-        if c["type"] == CONDITION:
-            return dict(c)
-    return {}
+    return box.srv.node_condition(box.node, CONDITION)
 
 
 def wait_until(what: str, probe: Callable[[], bool], timeout: float, run: Running) -> float:
@@ -108,10 +101,6 @@ def wait_until(what: str, probe: Callable[[], bool], timeout: float, run: Runnin
     raise AssertionError(f"{what} not within {timeout} s; log: {run.log()[-3000:]}")
 
 
-def writes(box: Sandbox) -> int:
-    return sum(1 for r in box.srv.requests if r.method in ("POST", "PUT", "PATCH", "DELETE"))
-
-
 DAEMON = {
     "redetect_interval_s": 0.5,
     "heartbeat_interval_s": 2,
@@ -122,16 +111,8 @@ DAEMON = {
 
 
 @pytest.fixture
-def box(tmp_path: Path, fake_nvml: FakeNVML) -> Iterator[Sandbox]:
-    reason = needs_dockerd()
-    if reason:
-        skip_or_fail("dockerd", reason)
-    sb = Sandbox(tmp_path / "sb", lib=fake_nvml.lib)
-    try:
-        sb.start(daemon=DAEMON, kube={"api_deadline_s": 5, "wait_for_node_s": 30})
-        yield sb
-    finally:
-        sb.stop()
+def box(docker_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    return docker_sandbox(daemon=DAEMON, kube={"api_deadline_s": 5, "wait_for_node_s": 30})
 
 
 @pytest.fixture
@@ -192,7 +173,7 @@ def test_critical_xid_flips_the_condition_within_2s_with_an_event_then_recovers(
 
 
 def test_an_application_xid_changes_nothing(box: Sandbox, ready: Running) -> None:
-    before = writes(box)
+    before = box.srv.writes()
     with box.events.open("a") as f:
         f.write("5 13\n")
     wait_until(
@@ -202,7 +183,7 @@ def test_an_application_xid_changes_nothing(box: Sandbox, ready: Running) -> Non
         ready,
     )
     assert condition(box)["status"] == "True"
-    assert writes(box) == before
+    assert box.srv.writes() == before
 
 
 def test_a_gpu_falling_off_the_bus_is_reported(box: Sandbox, ready: Running) -> None:
@@ -219,10 +200,10 @@ def test_a_gpu_falling_off_the_bus_is_reported(box: Sandbox, ready: Running) -> 
 
 def test_no_api_write_between_heartbeats_when_nothing_changed(box: Sandbox, ready: Running) -> None:
     time.sleep(1)  # let the first report settle
-    before = writes(box)
+    before = box.srv.writes()
     reads = len(box.srv.requests)
     time.sleep(6)  # 3 heartbeats (2 s), 12 re-detects (0.5 s)
-    assert writes(box) == before
+    assert box.srv.writes() == before
     assert len(box.srv.requests) > reads, "heartbeats read the Node"
 
 

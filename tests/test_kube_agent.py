@@ -50,10 +50,6 @@ def report(labels: Mapping[str, str] = LABELS, readiness: Any = None) -> Report:
     )
 
 
-def writes(srv: KubeAPIServer) -> int:
-    return sum(1 for r in srv.requests if r.method in ("POST", "PUT", "PATCH", "DELETE"))
-
-
 def condition(node: Mapping[str, Any]) -> Mapping[str, Any]:
     return next(c for c in node["status"]["conditions"] if c["type"] == CONDITION_TYPE)
 
@@ -91,19 +87,19 @@ def test_registration_order_kubelet_args_first_then_the_node_then_the_report(
     assert found["node"]["spec"]["taints"] == [{"key": STARTUP_TAINT_KEY, "effect": "NoSchedule"}]
 
     # 3. the report: labels already there (only the ownership annotation), condition, event
-    before = writes(srv)
+    before = srv.writes()
     done = report().apply(api, found["node"])
     node = srv.get_node(NODE)
     assert node is not None
     assert node["metadata"]["annotations"]["nodeagent.io/owned-labels"] == ",".join(sorted(LABELS))
     assert condition(node)["status"] == "True" and condition(node)["reason"] == "GPUReady"
     assert done.event and [e["reason"] for e in srv.events()] == ["GPUReady"]
-    assert writes(srv) - before == 3  # labels+annotation, status, event
+    assert srv.writes() - before == 3  # labels+annotation, status, event
 
     # 4. idempotent: nothing more to write
     again = report().apply(api, node)
     assert not (again.labels_changed or again.condition_changed or again.event)
-    assert writes(srv) - before == 3
+    assert srv.writes() - before == 3
 
 
 def test_stale_labels_go_and_other_tools_labels_stay(srv: KubeAPIServer, tmp_path: Path) -> None:

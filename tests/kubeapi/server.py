@@ -205,6 +205,10 @@ class KubeAPIServer:
         """Forget the requests logged so far."""
         self._frontend.clear()
 
+    def writes(self) -> int:
+        """How many of the requests so far were writes (POST, PUT, PATCH, DELETE)."""
+        return sum(1 for r in self.requests if r.method in ("POST", "PUT", "PATCH", "DELETE"))
+
     # --- direct store access ---------------------------------------------------------------
 
     @property
@@ -287,6 +291,15 @@ class KubeAPIServer:
             if self._store.get("nodes", ("", name)) is None:
                 raise KeyError(f'nodes "{name}" not found')
             self._store.delete("nodes", ("", name))
+
+    def node_condition(self, name: str, ctype: str) -> dict[str, Any]:
+        """The condition of type ``ctype`` on Node ``name`` as stored; {} when either is
+        missing."""
+        node = self.get_node(name) or {}
+        for c in (node.get("status") or {}).get("conditions") or []:
+            if c.get("type") == ctype:
+                return dict(c)
+        return {}
 
     def nodes(self) -> list[dict[str, Any]]:
         """All stored Nodes, by name."""
