@@ -90,14 +90,14 @@ def measure(
     )
 
 
-def write_section(name: str, text: str, intro: str = "") -> None:
-    """Put ``text`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in
-    docs/benchmarks.md; a section not there yet is appended after ``intro`` (its heading
+def write_section(name: str, text: str, intro: str = "", doc: Path = DOC) -> None:
+    """Put ``text`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in ``doc``
+    (docs/benchmarks.md); a section not there yet is appended after ``intro`` (its heading
     and what it measures)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    old = DOC.read_text()
+    old = doc.read_text()
     if begin not in old:
         old += f"{intro}{begin}\n{end}\n"
     head, rest = old.split(begin, 1)
     _, tail = rest.split(end, 1)
-    DOC.write_text(f"{head}{begin}\n{text}{end}{tail}")
+    doc.write_text(f"{head}{begin}\n{text}{end}{tail}")

@@ -8,7 +8,9 @@ Each step reads its facts, plans purely (the engines' ``plan``, :func:`kubeletar
 :meth:`Report.plan`), and only then writes — so ``--dry-run`` is the same walk with the
 writes replaced by their diffs. A failing step does not stop the walk: the next steps still
 run (the kubelet still gets its startup taint, the Node still hears why it is not ready),
-and the first failure decides the exit code.
+and the first failure decides the exit code. A step that raises *anything* is such a failed
+step: a :class:`NodeagentError` with its own line and exit code, any other exception (a bug)
+as ``internal error: Type: message`` with exit 1 — never a traceback, never a stopped walk.
 
 :class:`Agent` keeps what is worth keeping between runs (the API client, whose credential
 is re-read when it rotates), so ``nodeagent run`` calls the same steps on every tick.
@@ -22,8 +24,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from nodeagent.errors import EXIT_NO_GPU, NodeagentError, StepFailed
-from nodeagent.gpu.inventory import STATE_OK, Inventory
+from nodeagent.errors import EXIT_NO_GPU, NodeagentError, describe
+from nodeagent.gpu.inventory import STATE_NVML_ERROR, STATE_OK, Inventory
 from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
 from nodeagent.steps import (
@@ -35,6 +37,7 @@ from nodeagent.steps import (
     WOULD_CHANGE,
     Outcome,
     StepResult,
+    activation_done,
 )
 
 if TYPE_CHECKING:
@@ -104,11 +107,11 @@ class Agent:
         return node_labels(inv, self.cfg.labels)
 
     def kubelet_args_path(self) -> str:
-        from nodeagent.fsutil import read_text_or_none
+        from nodeagent.host.reader import read_optional
         from nodeagent.kube import kubeletargs
 
         return self.cfg.kube.kubelet_args_file or kubeletargs.detect_path(
-            read_text_or_none(self.root.path("/etc/os-release"))
+            read_optional(self.root.path("/etc/os-release"))
         )
 
     def node_name(self) -> str:
@@ -158,8 +161,8 @@ class Agent:
             if emit is not None:
                 emit(r)
 
-        inv = self.detect()
-        done(self.step_detect(inv))
+        inv, r = self.detect_step()
+        done(r)
         gpu_node = inv.state == STATE_OK or self.cfg.no_gpu_is_error
         runtime = RuntimeState()
         if "runtime" in steps:
@@ -168,20 +171,28 @@ class Agent:
             else:
                 r, runtime = self.step_runtime(configure=phase != "report", dry_run=dry_run)
                 done(r)
-        labels = self.labels(inv)
         if "kubelet-args" in steps:
             if not gpu_node:
                 done(StepResult("kubelet-args", SKIPPED, "CPU node (no_gpu_is_error is false)"))
             else:
-                done(self.step_kubelet_args(labels, dry_run=dry_run))
+                try:
+                    r = self.step_kubelet_args(self.labels(inv), dry_run=dry_run)
+                except Exception as e:
+                    r = _failed("kubelet-args", e)
+                done(r)
         if "node" in steps:
             if not gpu_node:
                 done(StepResult("node", SKIPPED, "CPU node (no_gpu_is_error is false)"))
             else:
-                r, _ = self.step_node(
-                    inv, labels, runtime, dry_run=dry_run, required=phase == "report"
-                )
-                done(r)
+                try:
+                    labels = self.labels(inv)
+                except Exception as e:
+                    done(_failed("node", e))
+                else:
+                    r, _ = self.step_node(
+                        inv, labels, runtime, dry_run=dry_run, required=phase == "report"
+                    )
+                    done(r)
         return Outcome(
             phase=phase,
             dry_run=dry_run,
@@ -190,6 +201,16 @@ class Agent:
         )
 
     # --- steps --------------------------------------------------------------------------
+
+    def detect_step(self) -> tuple[Inventory, StepResult]:
+        """Detect, as a step: detection that raises is a failed step, and the inventory
+        says NVML could not be read (a GPU node then still gets its startup taint)."""
+        try:
+            inv = self.detect()
+            return inv, self.step_detect(inv)
+        except Exception as e:
+            r = _failed("detect", e)
+            return Inventory(state=STATE_NVML_ERROR, error=type(e).__name__, message=r.detail), r
 
     def step_detect(self, inv: Inventory) -> StepResult:
         if inv.state == STATE_OK:
@@ -200,18 +221,22 @@ class Agent:
 
     def step_runtime(self, *, configure: bool, dry_run: bool) -> tuple[StepResult, RuntimeState]:
         """Configure (or, in the report phase, only verify) the container runtime."""
-        from nodeagent.runtime.engine import daemon_stopped
+        try:
+            return self._runtime(configure=configure, dry_run=dry_run)
+        except Exception as e:
+            r = _failed("runtime", e)
+            return r, RuntimeState(False, r.detail)
+
+    def _runtime(self, *, configure: bool, dry_run: bool) -> tuple[StepResult, RuntimeState]:
+        from nodeagent.runtime.engine import ACTIVATE_NONE, daemon_stopped
         from nodeagent.runtime.select import choose, make_engine
 
-        try:
-            name = choose(self.cfg, self.root)
-            if name is None:
-                return StepResult("runtime", SKIPPED, "runtime.engine is none"), RuntimeState()
-            engine = make_engine(name, self.cfg, self.root)
-            facts = engine.read()
-            plan = engine.plan(facts)
-        except NodeagentError as e:
-            return _failed("runtime", e), RuntimeState(False, str(e))
+        name = choose(self.cfg, self.root)
+        if name is None:
+            return StepResult("runtime", SKIPPED, "runtime.engine is none"), RuntimeState()
+        engine = make_engine(name, self.cfg, self.root)
+        facts = engine.read()
+        plan = engine.plan(facts)
         warn = "".join(f"; warning: {w}" for w in plan.warnings)
         if not plan.changed:
             ok = engine.verify()
@@ -230,15 +255,15 @@ class Agent:
         if dry_run:
             detail = f"{name}: would change {files}; then {plan.activation} ({plan.reason}){warn}"
             return StepResult("runtime", WOULD_CHANGE, detail, diff=plan.diff()), RuntimeState()
-        try:
-            result = engine.apply(plan)
-        except NodeagentError as e:
-            return _failed("runtime", e), RuntimeState(False, str(e))
-        activated = 0 if result.activation == "none" else 1
-        how = "written" if not activated else f"{result.activation}ed"
+        result = engine.apply(plan)
+        if not result.written:  # another run got there first (under the host lock)
+            detail = f"{name}: the nvidia runtime is configured (by a concurrent run){warn}"
+            return StepResult("runtime", UNCHANGED, detail), RuntimeState(None)
+        activated = 0 if result.activation == ACTIVATE_NONE else 1
         verified = "verified" if result.verified else "not verified"
         extra = f" ({result.message})" if result.message else ""
-        detail = f"{name}: {files} {how}; {verified}{extra}{warn}"
+        written = ", ".join(result.written)
+        detail = f"{name}: {written} {activation_done(result.activation)}; {verified}{extra}{warn}"
         state = RuntimeState(True) if result.verified else RuntimeState(None, result.message)
         return (
             StepResult(
@@ -253,7 +278,7 @@ class Agent:
 
     def step_kubelet_args(self, labels: Mapping[str, str], *, dry_run: bool) -> StepResult:
         """The kubelet's extra-args file: the labels and the startup taint at registration."""
-        from nodeagent.fsutil import Backups, FileMeta, HostLock, write_atomic
+        from nodeagent.host.writer import Writer
         from nodeagent.kube import kubeletargs
 
         k = self.cfg.kube
@@ -270,17 +295,17 @@ class Agent:
                 return StepResult(
                     "kubelet-args", WOULD_CHANGE, f"would write {host_path}: {what}", change.diff()
                 )
-            with HostLock(self.root.path(self.cfg.lock_file)):
-                change = kubeletargs.plan(self.root, host_path, labels, taint)  # under the lock
-                if not change.changed:
-                    return StepResult("kubelet-args", UNCHANGED, f"{host_path} has {what}")
-                Backups(self.root.path(self.cfg.backup_dir), self.cfg.backup_keep).save(change.path)
-                meta = FileMeta.of(change.path, FileMeta(uid=0, gid=0, mode=0o644))
-                write_atomic(change.path, change.new, meta)
+            writer = Writer(
+                self.root, self.cfg.lock_file, self.cfg.backup_dir, self.cfg.backup_keep
+            )
+            with writer.session() as session:
+                if session.raced([change]):  # another agent wrote it meanwhile: plan again
+                    change = kubeletargs.plan(self.root, host_path, labels, taint)
+                    if not change.changed:
+                        return StepResult("kubelet-args", UNCHANGED, f"{host_path} has {what}")
+                session.apply(change)
         except NodeagentError as e:
             return _failed("kubelet-args", e)
-        except OSError as e:
-            return _failed("kubelet-args", StepFailed(f"{host_path}: cannot write: {e.strerror}"))
         return StepResult(
             "kubelet-args",
             CHANGED,
@@ -321,6 +346,32 @@ class Agent:
         wait: bool = True,
     ) -> tuple[StepResult, NodeState]:
         """Labels, the readiness condition and an Event on this host's Node."""
+        try:
+            return self._node(
+                inv,
+                labels,
+                runtime,
+                dry_run=dry_run,
+                required=required,
+                xid=xid,
+                heartbeat=heartbeat,
+                wait=wait,
+            )
+        except Exception as e:
+            return _failed("node", e), NodeState()
+
+    def _node(
+        self,
+        inv: Inventory,
+        labels: Mapping[str, str],
+        runtime: RuntimeState,
+        *,
+        dry_run: bool,
+        required: bool,
+        xid: Optional[XidRecord],
+        heartbeat: bool,
+        wait: bool,
+    ) -> tuple[StepResult, NodeState]:
         from nodeagent.kube.report import Report, now_rfc3339
 
         if not self.credential_present():
@@ -338,47 +389,42 @@ class Agent:
             event_namespace=self.cfg.kube.event_namespace,
         )
         name = self.node_name()
-        try:
-            api = self.node_api()
-            node = api.get_node()
-            if node is None:
-                if dry_run:
-                    r = report.readiness(None)
-                    return (
-                        StepResult(
-                            "node",
-                            WOULD_CHANGE,
-                            f"Node {name} is not registered yet: would wait up to "
-                            f"{self.cfg.kube.wait_for_node_s:.0f} s, then set {len(labels)} "
-                            f"labels and {self.cfg.kube.condition_type}",
-                        ),
-                        NodeState(r),
-                    )
-                if not wait:
-                    return StepResult(
-                        "node", SKIPPED, f"Node {name} not registered yet"
-                    ), NodeState()
-                node = api.wait_for_node(self.cfg.kube.wait_for_node_s)
+        api = self.node_api()
+        node = api.get_node()
+        if node is None:
             if dry_run:
-                lp, cp, r, _ = report.plan(node, now_rfc3339(), heartbeat)
-                if lp is None and cp is None:
-                    return StepResult("node", UNCHANGED, _node_detail(name, r)), NodeState(r, node)
-                diff = "".join(
-                    f"--- PATCH {url} (strategic merge)\n{json.dumps(p, indent=2)}\n"
-                    for url, p in (
-                        (f"/api/v1/nodes/{name}", lp),
-                        (f"/api/v1/nodes/{name}/status", cp),
-                    )
-                    if p is not None
+                r = report.readiness(None)
+                return (
+                    StepResult(
+                        "node",
+                        WOULD_CHANGE,
+                        f"Node {name} is not registered yet: would wait up to "
+                        f"{self.cfg.kube.wait_for_node_s:.0f} s, then set {len(labels)} "
+                        f"labels and {self.cfg.kube.condition_type}",
+                    ),
+                    NodeState(r),
                 )
-                what = " and ".join(
-                    w for w, p in (("labels", lp), (self.cfg.kube.condition_type, cp)) if p
+            if not wait:
+                return StepResult("node", SKIPPED, f"Node {name} not registered yet"), NodeState()
+            node = api.wait_for_node(self.cfg.kube.wait_for_node_s)
+        if dry_run:
+            lp, cp, r, _ = report.plan(node, now_rfc3339(), heartbeat)
+            if lp is None and cp is None:
+                return StepResult("node", UNCHANGED, _node_detail(name, r)), NodeState(r, node)
+            diff = "".join(
+                f"--- PATCH {url} (strategic merge)\n{json.dumps(p, indent=2)}\n"
+                for url, p in (
+                    (f"/api/v1/nodes/{name}", lp),
+                    (f"/api/v1/nodes/{name}/status", cp),
                 )
-                detail = f"Node {name}: would patch {what}; {_node_detail(name, r, short=True)}"
-                return StepResult("node", WOULD_CHANGE, detail, diff), NodeState(r, node)
-            rep = report.apply(api, node, heartbeat=heartbeat)
-        except NodeagentError as e:
-            return _failed("node", e), NodeState()
+                if p is not None
+            )
+            what = " and ".join(
+                w for w, p in (("labels", lp), (self.cfg.kube.condition_type, cp)) if p
+            )
+            detail = f"Node {name}: would patch {what}; {_node_detail(name, r, short=True)}"
+            return StepResult("node", WOULD_CHANGE, detail, diff), NodeState(r, node)
+        rep = report.apply(api, node, heartbeat=heartbeat)
         writes = int(rep.labels_changed) + int(rep.condition_changed) + int(rep.event)
         r = rep.readiness
         if not writes:
@@ -401,5 +447,8 @@ def _node_detail(name: str, r: Readiness, short: bool = False) -> str:
     return cond if short else f"Node {name}: labels current, condition {cond}"
 
 
-def _failed(step: str, e: NodeagentError) -> StepResult:
-    return StepResult(step, FAILED, str(e), exit_code=e.exit_code)
+def _failed(step: str, e: BaseException) -> StepResult:
+    """A step that raised ``e``: one line; a bug's traceback is logged at debug (-vv)."""
+    if not isinstance(e, NodeagentError):
+        log.debug("apply.step_crashed", step=step, error=describe(e), exc_info=e)
+    return StepResult.of_error(step, e)

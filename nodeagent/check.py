@@ -3,8 +3,9 @@
 Probes run in the order an operator fixes things (driver, GPUs, runtime, kubelet, API,
 Node), each as a small function of :class:`Facts` — the facts are read once, lazily, and
 shared, so the whole check reads NVML once, the runtime once and the Node once. Nothing
-here writes: no file, no signal, no API write. The JSON form (``-o json``) is documented
-in docs/operations.md and versioned by :data:`SCHEMA_VERSION`.
+here writes: no file, no signal, no API write. A probe (or a fact it reads) that raises
+anything is a failed probe with one line; the table is always printed whole. The JSON form
+(``-o json``) is documented in docs/operations.md and versioned by :data:`SCHEMA_VERSION`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from nodeagent.errors import NodeagentError
+from nodeagent.errors import InputError, NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_OK, Inventory
+from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
 
 if TYPE_CHECKING:
@@ -24,8 +26,11 @@ if TYPE_CHECKING:
     from nodeagent.config import Config
     from nodeagent.runtime.engine import Engine, Plan
 
+log = get_logger(__name__)
+
 SCHEMA_VERSION = 1
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+API_DEADLINE_S = 3.0  # how long check waits for the API server, retries included
 NVIDIA_PCI_VENDOR = "0x10de"
 
 
@@ -63,6 +68,18 @@ def nvidia_pci_gpus(root: HostRoot) -> Optional[int]:
     return n
 
 
+# NodeFact.state: what reading this host's Node found.
+REGISTERED, UNREGISTERED = "registered", "unregistered"
+NO_CREDENTIAL, BAD_CREDENTIAL, API_FAILED = "no-credential", "bad-credential", "api-failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeFact:
+    state: str
+    node: Optional[dict[str, Any]]
+    why: str  # empty when registered
+
+
 class Facts:
     """What the probes look at, each read at most once (and only if a probe needs it)."""
 
@@ -86,11 +103,11 @@ class Facts:
 
         try:
             name = choose(self.cfg, self.root)
-        except NodeagentError as e:
-            return None, str(e)
-        if name is None:
-            return None, "runtime.engine is none"
-        return make_engine(name, self.cfg, self.root), ""
+            if name is None:
+                return None, "runtime.engine is none"
+            return make_engine(name, self.cfg, self.root), ""
+        except Exception as e:
+            return None, describe(e)
 
     @functools.cached_property
     def runtime_facts(self) -> tuple[Optional[object], str]:
@@ -100,8 +117,8 @@ class Facts:
             return None, why
         try:
             return engine.read(), ""
-        except NodeagentError as e:
-            return None, str(e)
+        except Exception as e:
+            return None, describe(e)
 
     @functools.cached_property
     def runtime_plan(self) -> tuple[Optional[Plan], str]:
@@ -111,8 +128,8 @@ class Facts:
             return None, why
         try:
             return engine.plan(facts), ""
-        except NodeagentError as e:
-            return None, str(e)
+        except Exception as e:
+            return None, describe(e)
 
     @functools.cached_property
     def runtime_stopped(self) -> bool:
@@ -133,18 +150,24 @@ class Facts:
 
     @functools.cached_property
     def node(self) -> tuple[Optional[dict[str, Any]], str]:
-        """(the Node, '') or (None, why: no credential / API error / not registered)."""
+        """(the Node, '') or (None, why not)."""
+        return self.node_fact.node, self.node_fact.why
+
+    @functools.cached_property
+    def node_fact(self) -> NodeFact:
         if not self.agent.credential_present():
-            return None, f"no credential at {self.cfg.kube.kubeconfig}"
+            return NodeFact(NO_CREDENTIAL, None, f"no credential at {self.cfg.kube.kubeconfig}")
         try:
             api = self.agent.node_api()
-            api.deadline_s = min(api.deadline_s, 3.0)  # a doctor answers now or says why
+            api.deadline_s = min(api.deadline_s, API_DEADLINE_S)  # answer now or say why
             node = api.get_node()
-        except NodeagentError as e:
-            return None, f"API: {e}"
+        except InputError as e:  # the kubeconfig itself: the credential probe's finding
+            return NodeFact(BAD_CREDENTIAL, None, f"credential: {describe(e)}")
+        except Exception as e:
+            return NodeFact(API_FAILED, None, f"API: {describe(e)}")
         if node is None:
-            return None, f"Node {self.agent.node_name()} is not registered"
-        return node, ""
+            return NodeFact(UNREGISTERED, None, f"Node {self.agent.node_name()} is not registered")
+        return NodeFact(REGISTERED, node, "")
 
 
 # --- the probes -------------------------------------------------------------------------
@@ -234,6 +257,17 @@ def probe_runtime_config(f: Facts) -> ProbeResult:
             problem,
             "fix the file at the line named (nodeagent never overwrites a malformed file)",
         )
+    facts, _ = f.runtime_facts
+    mismatches = engine.mismatches(facts) if facts is not None else ()
+    if mismatches:
+        return ProbeResult(
+            "runtime-config",
+            FAIL,
+            f"{engine.name}: {mismatches[0]}"
+            + (f" (+{len(mismatches) - 1} more)" if len(mismatches) > 1 else ""),
+            "GPU pods would run with another cgroup driver or runtime type than the others: "
+            "`nodeagent runtime configure` brings it in line",
+        )
     if plan.changed:
         files = ", ".join(c.host_path for c in plan.changes if c.changed)
         return ProbeResult(
@@ -302,60 +336,80 @@ def probe_kubelet_args(f: Facts) -> ProbeResult:
 
 
 def probe_credential(f: Facts) -> ProbeResult:
+    """The kubeconfig parses (its current context resolves) and every file it names reads."""
     import datetime
 
-    from nodeagent.kube.client import certificate_not_after, credential_files
+    from nodeagent.host.reader import read_bytes
+    from nodeagent.kube.client import certificate_not_after, read_kubeconfig
 
-    kc = f.root.path(f.cfg.kube.kubeconfig)
-    if not kc.is_file():
+    shown = f.cfg.kube.kubeconfig
+    kc = f.root.path(shown)
+    try:
+        parsed = read_kubeconfig(kc, shown) if read_bytes(kc, shown) is not None else None
+    except NodeagentError as e:
         return ProbeResult(
             "credential",
             FAIL,
-            f"{f.cfg.kube.kubeconfig} does not exist",
+            describe(e),
+            "the kubelet writes it when it joins: re-join the node, or fix what is named",
+        )
+    if parsed is None:
+        return ProbeResult(
+            "credential",
+            FAIL,
+            f"{shown} does not exist",
             "the kubelet writes it when it joins (kubeadm join); or set kube.kubeconfig",
         )
-    for p in credential_files(kc):
+    for p in parsed.files[1:]:
         try:
-            p.read_bytes()
-        except OSError as e:
+            found = read_bytes(p, str(p))
+        except NodeagentError as e:
             return ProbeResult(
-                "credential", FAIL, f"{p}: {e.strerror}", "run as root; check the file's mode"
+                "credential", FAIL, describe(e), "run as root; check the file's mode"
             )
-        if p.suffix in (".pem", ".crt"):
-            not_after = certificate_not_after(p)
-            if not_after is not None and not_after < datetime.datetime.now(datetime.timezone.utc):
-                return ProbeResult(
-                    "credential",
-                    FAIL,
-                    f"{p}: client certificate expired {not_after:%Y-%m-%d %H:%M} UTC",
-                    "the kubelet rotates it (rotateCertificates: true); restart the kubelet",
-                )
-    return ProbeResult("credential", PASS, f"{f.cfg.kube.kubeconfig} readable")
+        if found is None:
+            return ProbeResult(
+                "credential",
+                FAIL,
+                f"{p}: does not exist (named by {shown})",
+                "the kubelet writes its certificates when it joins; re-join the node",
+            )
+    if parsed.cert_file is not None:
+        not_after = certificate_not_after(parsed.cert_file)
+        if not_after is not None and not_after < datetime.datetime.now(datetime.timezone.utc):
+            return ProbeResult(
+                "credential",
+                FAIL,
+                f"{parsed.cert_file}: client certificate expired {not_after:%Y-%m-%d %H:%M} UTC",
+                "the kubelet rotates it (rotateCertificates: true); restart the kubelet",
+            )
+    return ProbeResult("credential", PASS, f"{shown} readable")
 
 
 def probe_api(f: Facts) -> ProbeResult:
-    node, why = f.node
-    if node is not None or why.endswith("is not registered"):
+    fact = f.node_fact
+    if fact.state in (REGISTERED, UNREGISTERED):
         return ProbeResult("api", PASS, "the API server answers")
-    if why.startswith("no credential"):
-        return ProbeResult("api", SKIP, why)
+    if fact.state in (NO_CREDENTIAL, BAD_CREDENTIAL):  # the credential probe says why
+        return ProbeResult("api", SKIP, fact.why)
+    why = fact.why
     return ProbeResult(
         "api", FAIL, why, "check the server address and network (`kubectl get --raw /healthz`)"
     )
 
 
 def probe_node(f: Facts) -> ProbeResult:
-    node, why = f.node
-    if node is None:
-        if why.startswith("Node "):
-            return ProbeResult(
-                "node",
-                FAIL,
-                why,
-                "is the kubelet running (`systemctl status kubelet`) and registering under "
-                "this name (node_name / --hostname-override)?",
-            )
-        return ProbeResult("node", SKIP, why)
+    fact = f.node_fact
+    if fact.state == UNREGISTERED:
+        return ProbeResult(
+            "node",
+            FAIL,
+            fact.why,
+            "is the kubelet running (`systemctl status kubelet`) and registering under "
+            "this name (node_name / --hostname-override)?",
+        )
+    if fact.node is None:
+        return ProbeResult("node", SKIP, fact.why)
     return ProbeResult("node", PASS, f"Node {f.agent.node_name()} exists")
 
 
@@ -521,13 +575,20 @@ def run(agent: Agent, phase: str = "all") -> Report:
             continue
         try:
             out.append(probe(facts))
-        except NodeagentError as e:  # a probe's own failure is a failed probe, not a crash
-            out.append(ProbeResult(name, FAIL, str(e)))
+        except Exception as e:  # a probe that raises is a failed probe, never a crash
+            out.append(_crashed(name, e))
     try:
         node = agent.node_name()
-    except NodeagentError:
+    except Exception:  # the identity probes' own problem; the table still has a title
         node = "?"
     return Report(node, phase, tuple(out), time.monotonic() - start)
+
+
+def _crashed(name: str, e: Exception) -> ProbeResult:
+    if isinstance(e, NodeagentError):
+        return ProbeResult(name, FAIL, describe(e), "fix what the message names")
+    log.debug("check.probe_crashed", probe=name, error=describe(e), exc_info=e)
+    return ProbeResult(name, FAIL, describe(e), "a bug in nodeagent: please report it (-vv)")
 
 
 _COLOURS = {PASS: "32", WARN: "33", FAIL: "31", SKIP: "2"}

@@ -2,12 +2,18 @@
 
 Imports are lazy: each command imports what it needs when it runs, so ``nodeagent
 --version`` stays fast and never imports kubernetes or docker.
+
+:func:`main` is the one error boundary: a :class:`NodeagentError` prints its one line and
+exit code; any other exception is a bug and prints one line too (exit 70), never a
+traceback (``-vv`` logs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -15,7 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from nodeagent import __version__
-from nodeagent.errors import EXIT_NO_GPU, EXIT_OK, NodeagentError
+from nodeagent.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_GPU,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    InputError,
+    NodeagentError,
+    describe,
+    one_line,
+)
 
 if TYPE_CHECKING:
     from nodeagent.config import Config
@@ -27,12 +43,14 @@ class Context:
     """What every command gets: the parsed arguments, the host root, the config."""
 
     args: argparse.Namespace
-    root_dir: Path
 
     def root(self) -> HostRoot:
         from nodeagent.paths import HostRoot
 
-        return HostRoot(self.root_dir)
+        raw: str = self.args.root
+        if not raw:  # Path("") is ".": an empty --root would be the working directory
+            raise InputError("--root: empty; give a directory (/ for this machine)")
+        return HostRoot(Path(raw))
 
     def config(self) -> Config:
         """The validated config: ``--config`` as given, else the default path under --root."""
@@ -206,6 +224,7 @@ def _runtime_config(ctx: Context) -> Config:
 
 def cmd_runtime_configure(ctx: Context) -> int:
     from nodeagent.runtime.select import choose, make_engine
+    from nodeagent.steps import activation_done
 
     cfg = _runtime_config(ctx)
     root = ctx.root()
@@ -226,9 +245,13 @@ def cmd_runtime_configure(ctx: Context) -> int:
         print(f"{name}: would change {files}; then {plan.activation} ({plan.reason})")
         return EXIT_OK
     result = engine.apply(plan)
+    if not result.written:  # a concurrent run configured it first, under the host lock
+        print(f"{name}: unchanged (the nvidia runtime is already configured, by another run)")
+        return EXIT_OK
     state = "verified" if result.verified else "not verified"
     detail = f" ({result.message})" if result.message else ""
-    print(f"{name}: changed {files}; {result.activation}; {state}{detail}")
+    written = ", ".join(result.written)
+    print(f"{name}: changed {written}; {activation_done(result.activation)}; {state}{detail}")
     return EXIT_OK
 
 
@@ -334,10 +357,12 @@ def cmd_controller(ctx: Context) -> int:
     cfg = ctx.config()
     import signal
 
-    from nodeagent.kube.client import KubeAPI
-    from nodeagent.kube.controller import Controller, Rules
+    from nodeagent.kube.client import KubeAPI, read_kubeconfig
+    from nodeagent.kube.controller import Controller, Rules, Terminated
 
     kubeconfig = Path(ctx.args.kubeconfig) if ctx.args.kubeconfig else None
+    if kubeconfig is not None:
+        read_kubeconfig(kubeconfig)  # a bad file given at start is exit 2, not a retry loop
     api = KubeAPI(kubeconfig, deadline_s=cfg.kube.api_deadline_s)
     rules = Rules(
         condition_type=cfg.kube.condition_type,
@@ -346,24 +371,63 @@ def cmd_controller(ctx: Context) -> int:
         grace_s=cfg.kube.unhealthy_grace_s,
     )
     controller = Controller(api, rules)
-    signal.signal(signal.SIGTERM, lambda *_: controller.stop())
-    controller.run()
+
+    def on_term(signum: int, frame: object) -> None:
+        controller.stop()
+        raise Terminated  # out of whatever the main thread waits in, an API retry included
+
+    signal.signal(signal.SIGTERM, on_term)
+    import contextlib
+
+    with contextlib.suppress(Terminated):
+        controller.run()
     return EXIT_OK
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from nodeagent import log
+# What an ASCII-only stream shows for the few non-ASCII characters the output uses.
+_ASCII = {"\u00b7": "-", "\u00d7": "x", "\u2192": "->", "\u2014": "-", "\u2026": "..."}
 
-    log.configure(args.log_format, args.verbose)
-    func: Callable[[Context], int] = args.func
+
+def _ascii_fallback(e: UnicodeError) -> tuple[str, int]:
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    return "".join(_ASCII.get(c, "?") for c in e.object[e.start : e.end]), e.end
+
+
+codecs.register_error("nodeagent-ascii", _ascii_fallback)
+
+
+def _tolerant_streams() -> None:
+    """stdout and stderr never raise on a character their encoding lacks (an ASCII
+    ``PYTHONIOENCODING``, a C locale): it is written in ASCII (\u00b7 as -) or as ?."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="nodeagent-ascii")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    _tolerant_streams()
+    args = build_parser().parse_args(argv)
     try:
-        return func(Context(args=args, root_dir=Path(args.root)))
+        from nodeagent import log
+
+        log.configure(args.log_format, args.verbose)
+        func: Callable[[Context], int] = args.func
+        return func(Context(args=args))
     except NodeagentError as e:
-        print(f"nodeagent: {e}", file=sys.stderr)
+        print(f"nodeagent: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader left (`| head`): nothing more to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as e:  # a bug: one line and EX_SOFTWARE, the traceback only at -vv
+        from nodeagent.log import get_logger
+
+        get_logger("nodeagent.cli").debug("internal_error", exc_info=True)
+        print(f"nodeagent: {describe(e)} (a bug: please report it)", file=sys.stderr)
+        return EXIT_SOFTWARE
 
 
 if __name__ == "__main__":

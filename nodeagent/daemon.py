@@ -13,6 +13,13 @@ from the exporter that writes conditions):
   backoff after a failure. An API outage is waited out here with bounded, jittered backoff,
   never by exiting.
 
+Host input never makes it exit: an apply (at start, on SIGHUP) or a sync that fails — or
+raises anything — is reported (``STATUS=``, the condition's reason, the
+``last_apply_success`` metric) and tried again: the bootstrap apply on a re-detect tick
+while the last one failed — after 1, 2, 4 … re-detect intervals (at most an hour), so a
+runtime that keeps refusing the change is not reloaded every minute —, a sync on the retry
+backoff. Only a bad config at start exits (2).
+
 Nothing grows with time: the state is the latest inventory, the latest report and the
 active XIDs (at most one per GPU).
 """
@@ -28,13 +35,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from nodeagent import __version__
 from nodeagent.agent import Agent, NodeState, RuntimeState
-from nodeagent.errors import NodeagentError
-from nodeagent.fsutil import read_text_or_none, write_atomic
+from nodeagent.errors import NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_OK, Inventory
 from nodeagent.health import Health, XidRecord
 from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
-from nodeagent.steps import CHANGED, FAILED, Outcome
+from nodeagent.steps import CHANGED, FAILED, Outcome, StepResult
 
 if TYPE_CHECKING:
     from nodeagent.config import Config
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 STOP_GRACE_S = 3.0  # what the reporter gets to finish after SIGTERM (systemd waits 5 s+)
+REAPPLY_MAX_S = 3600.0  # the longest wait between two re-applies after failures
 
 
 def jittered(interval: float, jitter: float, rng: Callable[[], float] = random.random) -> float:
@@ -70,7 +77,9 @@ def heartbeat_age_s(node: Optional[dict[str, Any]], ctype: str, now: float) -> f
 
 
 def boot_id(root: HostRoot) -> str:
-    return (read_text_or_none(root.path("/proc/sys/kernel/random/boot_id")) or "").strip()
+    from nodeagent.host.reader import read_optional
+
+    return (read_optional(root.path("/proc/sys/kernel/random/boot_id")) or "").strip()
 
 
 METRICS = (
@@ -133,6 +142,8 @@ class Daemon:
         self._reloading = threading.Event()
         self._failures = 0
         self._next_retry: Optional[float] = None
+        self._apply_failures = 0  # bootstrap applies that failed in a row
+        self._next_reapply = 0.0  # monotonic time before which a failed apply is not re-run
         self._reporter: Optional[threading.Thread] = None
 
     # --- setup --------------------------------------------------------------------------
@@ -146,8 +157,15 @@ class Daemon:
         return m
 
     def _load_health(self) -> Health:
-        text = read_text_or_none(self.root.path(self.cfg.daemon.state_file))
-        health = Health.from_json(text, self.boot_id) if text else Health()
+        from nodeagent.host.reader import read_text
+
+        host_path = self.cfg.daemon.state_file
+        try:
+            found = read_text(self.root.path(host_path), host_path)
+        except NodeagentError as e:  # unreadable state: start clean, and say so
+            log.error("daemon.state_unreadable", error=str(e))
+            found = None
+        health = Health.from_json(found.text, self.boot_id) if found else Health()
         if health.active:
             log.warning(
                 "daemon.xid_state_restored",
@@ -157,12 +175,15 @@ class Daemon:
         return health
 
     def _save_health(self) -> None:
-        path = self.root.path(self.cfg.daemon.state_file)
+        from nodeagent.host.writer import existing_meta, own_meta, write_file
+
+        host_path = self.cfg.daemon.state_file
+        data = (self.health.to_json(self.boot_id) + "\n").encode()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, self.health.to_json(self.boot_id) + "\n")
-        except OSError as e:
-            log.error("daemon.state_not_saved", file=self.cfg.daemon.state_file, error=str(e))
+            real, _ = self.root.resolve(host_path)
+            write_file(real, data, existing_meta(real, own_meta()), host_path)
+        except NodeagentError as e:  # the state is a courtesy across restarts: keep running
+            log.error("daemon.state_not_saved", error=str(e))
 
     def _start_metrics(self) -> None:
         listen = self.cfg.daemon.metrics_listen
@@ -274,8 +295,21 @@ class Daemon:
 
     def _apply(self) -> Outcome:
         """The local steps (detect, runtime, kubelet args) — the Node is the reporter's."""
-        outcome = self.agent.apply("bootstrap")
+        start = time.monotonic()
+        try:
+            outcome = self.agent.apply("bootstrap")
+        except Exception as e:  # the walk catches its steps' errors; this is the last net
+            log.debug("daemon.apply_crashed", error=describe(e), exc_info=e)
+            failed = StepResult.of_error("apply", e)
+            outcome = Outcome("bootstrap", False, (failed,), time.monotonic() - start)
         ok = not outcome.failed
+        self._apply_failures = 0 if ok else self._apply_failures + 1
+        if not ok:
+            wait = min(
+                REAPPLY_MAX_S,
+                self.cfg.daemon.redetect_interval_s * 2 ** min(self._apply_failures - 1, 16),
+            )
+            self._next_reapply = time.monotonic() + wait
         now = time.time()
         self.metrics.set("last_apply_success", 1 if ok else 0)
         self.metrics.set("last_apply_duration_seconds", round(outcome.elapsed_s, 6))
@@ -287,6 +321,10 @@ class Daemon:
                 self.runtime = RuntimeState(None)  # the reporter verifies on its first sync
         log.info("daemon.applied", summary=outcome.summary())
         return outcome
+
+    def _reapply(self) -> None:
+        """The bootstrap apply again, after one that failed (a re-detect tick)."""
+        self.notifier.status(self._status(self._apply()))
 
     @staticmethod
     def _status(outcome: Outcome) -> str:
@@ -354,10 +392,18 @@ class Daemon:
             redetect_due = now >= next_detect
             if redetect_due:
                 next_detect = now + d.redetect_interval_s
+                if (
+                    self._apply_failures
+                    and now >= self._next_reapply
+                    and not self._reloading.is_set()
+                ):
+                    self._reapply()
             try:
                 self.sync(full=full, verify_runtime=redetect_due or self.inventory is None)
-            except Exception as e:  # the reporter must outlive any one bad cycle
-                log.exception("daemon.sync_crashed", error=str(e))
+            except Exception as e:  # the reporter outlives any one bad cycle, and says so
+                log.debug("daemon.sync_crashed", error=describe(e), exc_info=e)
+                self._retry_later("sync", describe(e))
+                self._write_textfile()
 
     def sync(self, *, full: bool, verify_runtime: bool = True) -> None:
         """One cycle: re-detect; talk to the API when ``full`` or when what the Node
@@ -403,6 +449,19 @@ class Daemon:
             log.warning("daemon.runtime_not_ready", detail=r.detail)
         return state
 
+    def _retry_later(self, what: str, detail: str) -> None:
+        """A failed report or sync: say so (log, STATUS=, metric), retry after a backoff."""
+        from nodeagent.retry import backoff_s
+
+        self._failures += 1
+        self.metrics.set("last_report_success", 0)
+        wait = max(
+            1.0, backoff_s(self._failures, None, 2.0, self.cfg.daemon.retry_max_s, self.rng())
+        )
+        self._next_retry = time.monotonic() + wait
+        log.warning(f"daemon.{what}_failed", detail=detail, retry_in_s=round(wait, 1))
+        self.notifier.status(f"{what} failed ({detail[:120]}); retrying in {wait:.0f} s")
+
     def _after_report(
         self, failed: bool, detail: str, writes: int, state: NodeState, labels: dict[str, str]
     ) -> None:
@@ -411,17 +470,8 @@ class Daemon:
         if writes:
             self.metrics.inc("api_writes", by=writes)
         if failed:
-            from nodeagent.retry import backoff_s
-
-            self._failures += 1
             self.metrics.inc("api_errors")
-            self.metrics.set("last_report_success", 0)
-            wait = max(
-                1.0, backoff_s(self._failures, None, 2.0, self.cfg.daemon.retry_max_s, self.rng())
-            )
-            self._next_retry = time.monotonic() + wait
-            log.warning("daemon.report_failed", detail=detail, retry_in_s=round(wait, 1))
-            self.notifier.status(f"reporting failed ({detail[:120]}); retrying in {wait:.0f} s")
+            self._retry_later("report", detail)
         else:
             if self._failures:
                 log.info("daemon.report_recovered", after_failures=self._failures)
@@ -446,5 +496,5 @@ class Daemon:
             return
         try:
             self.metrics.write_textfile(self.root.path(path))
-        except OSError as e:
-            log.error("daemon.textfile_failed", file=path, error=str(e))
+        except NodeagentError as e:
+            log.error("daemon.textfile_failed", error=str(e))

@@ -26,9 +26,10 @@ from nodeagent.gpu.inventory import GPU, STATE_OK, Inventory
 NVIDIA = "nvidia.com"
 MIXED = "mixed"
 
-_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Used with fullmatch: "$" would also match before a final "\n".
+_VALUE_RE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _NAME_RE = _VALUE_RE  # a key's name part has the same shape, but must not be empty
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _GFD_DROP_RE = re.compile(r"[^A-Za-z0-9\-_. ]")
 
 # NodeRestriction (kubernetes plugin/pkg/admission/noderestriction/admission.go, with the
@@ -67,12 +68,24 @@ def sanitize_value(raw: Optional[str]) -> Optional[str]:
     s = s.strip("-_.")
     if not s:
         return None
-    assert _VALUE_RE.match(s), s
+    assert _VALUE_RE.fullmatch(s), s
     return s
 
 
+def value_problem(value: str) -> Optional[str]:
+    """None if ``value`` is a valid label value, else why not."""
+    if len(value) > 63:
+        return "a label value must be at most 63 characters"
+    if not _VALUE_RE.fullmatch(value):
+        return (
+            "a label value must be empty or alphanumeric at both ends, with only "
+            "'-', '_' and '.' inside"
+        )
+    return None
+
+
 def is_valid_value(value: str) -> bool:
-    return len(value) <= 63 and _VALUE_RE.match(value) is not None
+    return value_problem(value) is None
 
 
 def key_problem(key: str) -> Optional[str]:
@@ -84,12 +97,12 @@ def key_problem(key: str) -> Optional[str]:
         return "the name is empty"
     if len(name) > 63:
         return "the name after the prefix is longer than 63 characters"
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         return "the name must be alphanumeric at both ends, with only '-', '_' and '.' inside"
     if prefix:
         if len(prefix) > 253:
             return "the prefix is longer than 253 characters"
-        if not all(_DNS_LABEL_RE.match(part) for part in prefix.split(".")):
+        if not all(_DNS_LABEL_RE.fullmatch(part) for part in prefix.split(".")):
             return "the prefix must be a lower-case DNS subdomain"
     return None
 
@@ -136,10 +149,13 @@ def node_labels(inv: Inventory, cfg: LabelsConfig) -> dict[str, str]:
         if cfg.simple:
             labels.update(_simple_labels(gpus))
         labels.update(_own_labels(inv, gpus, cfg.prefix))
+    # A derived value the API server would reject is left out (see the module doc); the
+    # static labels need no such filter: the config refuses an invalid one when it loads.
+    labels = {k: v for k, v in labels.items() if is_valid_value(v) and not key_problem(k)}
     labels.update(cfg.static)
     for key in cfg.skip:
         labels.pop(key, None)
-    return {k: v for k, v in sorted(labels.items()) if is_valid_value(v) and not key_problem(k)}
+    return dict(sorted(labels.items()))
 
 
 def _products(gpus: tuple[GPU, ...]) -> Counter[str]:

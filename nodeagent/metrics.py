@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from nodeagent.fsutil import write_atomic
+from nodeagent.host.writer import existing_meta, own_meta, write_file
 from nodeagent.log import get_logger
 
 log = get_logger(__name__)
@@ -35,7 +35,7 @@ KINDS = ("gauge", "counter")
 _METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
-# One writer at a time per process: write_atomic's temp file name is per process.
+# One textfile writer at a time, so the file never goes back to an older snapshot.
 _TEXTFILE_LOCK = threading.Lock()
 
 LabelKey = tuple[tuple[str, str], ...]
@@ -151,7 +151,9 @@ class Metrics:
         # Rendered under the lock too, so writes land in the order they were rendered: the
         # file is never replaced by an older snapshot than the one it holds.
         with _TEXTFILE_LOCK:
-            write_atomic(path, self.render())
+            # Readable by node-exporter, which runs as its own user (kept if the operator
+            # chose another mode for the file).
+            write_file(path, self.render().encode("utf-8"), existing_meta(path, own_meta()))
 
     def serve(self, host: str, port: int) -> MetricsServer:
         """Serve ``GET /metrics`` (and ``/healthz``) on ``host``:``port`` from a daemon

@@ -1,7 +1,10 @@
 """Host paths under an optional ``--root`` prefix (like ``dpkg --root``).
 
 Every path the agent reads or writes on the host goes through :class:`HostRoot`, so image
-baking and tests can point the whole agent at a directory tree instead of ``/``.
+baking and tests can point the whole agent at a directory tree instead of ``/``. The root
+is a containment boundary: a host path with ``..`` is refused, and symlinks are followed
+as the host would see them — an absolute link target is taken inside the root, and ``..``
+never climbs above it (:meth:`HostRoot.resolve`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path, PurePosixPath
+
+from nodeagent.errors import InputError
+
+_MAX_LINKS = 40  # the kernel's own limit on symlinks in one lookup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,14 +29,55 @@ class HostRoot:
     root: Path = Path("/")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))  # accept str too
+        raw = os.fspath(self.root)
+        if not raw:
+            raise InputError("--root: empty; give a directory (/ for this machine)")
+        object.__setattr__(self, "root", Path(os.path.abspath(raw)))
 
     def path(self, host_path: str | os.PathLike[str]) -> Path:
         """Map an absolute host path to the path on this machine."""
         p = PurePosixPath(os.fspath(host_path))
         if not p.is_absolute():
-            raise ValueError(f"host path must be absolute: {host_path}")
+            raise InputError(f"{host_path}: a host path must be absolute")
+        if ".." in p.parts:
+            raise InputError(f"{host_path}: a host path may not contain '..'")
         return self.root.joinpath(*p.parts[1:])
+
+    def resolve(self, host_path: str) -> tuple[Path, str]:
+        """(the path on this machine, the host path) of ``host_path`` with every symlink
+        followed as the host sees it: inside the root, never above it."""
+        self.path(host_path)  # absolute, no '..'
+        pending = list(PurePosixPath(host_path).parts[1:])
+        done: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            local = self.root.joinpath(*done, part)
+            try:
+                is_link = local.is_symlink()
+            except OSError as e:  # a name too long for the filesystem, a denied directory
+                shown = host_path if len(host_path) <= 80 else host_path[:77] + "..."
+                raise InputError(f"{shown}: {e.strerror or e}") from None
+            if is_link:
+                hops += 1
+                if hops > _MAX_LINKS:
+                    raise InputError(f"{host_path}: too many levels of symbolic links")
+                target = PurePosixPath(os.readlink(local))
+                if target.is_absolute():
+                    done = []
+                    pending = list(target.parts[1:]) + pending
+                else:
+                    pending = list(target.parts) + pending
+                continue
+            done.append(part)
+        host = "/" + "/".join(done)
+        return self.root.joinpath(*done), host
 
     @property
     def is_real_host(self) -> bool:

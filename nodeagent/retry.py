@@ -69,19 +69,23 @@ def call_with_retry(
 ) -> T:
     """Call ``fn`` until it returns, retrying on ``retry_on`` within ``deadline_s``.
 
-    The last exception is re-raised when the deadline passes.
+    No wait reaches past the deadline; the last exception is re-raised when it passes.
     """
 
     import random
+    import time
 
     import tenacity  # lazy: commands that never wait do not pay for it
 
     rand = rng or random.random
+    deadline = time.monotonic() + deadline_s
 
     def wait(state: tenacity.RetryCallState) -> float:
         outcome = state.outcome
         exc = outcome.exception() if outcome is not None and outcome.failed else None
-        return backoff_s(state.attempt_number, exc, initial_s, max_wait_s, rand())
+        # Never sleep past the deadline: the last try happens at it, not after it.
+        left = max(0.0, deadline - time.monotonic())
+        return min(left, backoff_s(state.attempt_number, exc, initial_s, max_wait_s, rand()))
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

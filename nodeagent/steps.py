@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from nodeagent.errors import EXIT_FAILED, EXIT_OK
+from nodeagent.errors import EXIT_FAILED, EXIT_OK, describe, exit_code_of
+from nodeagent.runtime.engine import ACTIVATE_NONE, ACTIVATE_RELOAD, ACTIVATE_RESTART
 
 OK = "ok"  # a read-only step that found what it needed (detect)
 CHANGED = "changed"
@@ -21,6 +22,18 @@ FAILED = "failed"
 WOULD_CHANGE = "would change"  # --dry-run
 
 STATUSES = (OK, CHANGED, UNCHANGED, SKIPPED, FAILED, WOULD_CHANGE)
+
+# How a written runtime config took effect, from what was done (ApplyResult.activation).
+ACTIVATION_DONE = {
+    ACTIVATE_NONE: "written",
+    ACTIVATE_RELOAD: "reloaded",
+    ACTIVATE_RESTART: "restarted",
+}
+
+
+def activation_done(activation: str) -> str:
+    """The word for an :class:`ApplyResult`'s activation: written / reloaded / restarted."""
+    return ACTIVATION_DONE.get(activation, f"written ({activation})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +50,11 @@ class StepResult:
     activations: int = 0  # runtime reloads + restarts
     # For a failed step: the exit code its error carries (1 failed, 2 bad input, 3 no GPU).
     exit_code: int = EXIT_FAILED
+
+    @classmethod
+    def of_error(cls, step: str, e: BaseException) -> StepResult:
+        """A step that raised: failed, one line, the error's exit code (1 for a bug)."""
+        return cls(step, FAILED, describe(e), exit_code=exit_code_of(e))
 
     def line(self) -> str:
         return f"{self.step:<13}{self.status:<14}{self.detail}"
@@ -82,6 +100,8 @@ class Outcome:
         return sum(1 for r in self.results if r.status == status)
 
     def summary(self) -> str:
+        """``apply bootstrap: ok · 1 ok, 2 changed · 0.11 s`` (an ASCII stream shows - for
+        the dots: cli._tolerant_streams)."""
         parts = [f"{self.count(s)} {s}" for s in STATUSES if self.count(s)]
         verdict = "failed" if self.failed else ("dry run" if self.dry_run else "ok")
         head = f"apply {self.phase}: {verdict}"

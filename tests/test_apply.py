@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -183,3 +187,155 @@ def test_bad_config_is_exit_2_naming_the_line(tmp_path: Path, fake_nvml: FakeNVM
         assert r.returncode == 2
         assert r.stderr.strip().startswith(f"nodeagent: {box.config_path}:")
         assert "heartbeat_jitter" in r.stderr
+
+
+# --- the error boundary: a step that fails, or raises anything, and the walk goes on -----
+
+REPO = Path(__file__).resolve().parents[1]
+TAINT = "--register-with-taints=readiness.k8s.io/nvidia-gpu-not-ready:NoSchedule"
+
+
+@pytest.fixture
+def dead_docker(tmp_path: Path, fake_nvml: FakeNVML) -> Iterator[Sandbox]:
+    """A node whose runtime.engine is docker, with no dockerd behind its socket: every
+    failure here comes from host input, before anything would talk to the daemon."""
+    box = Sandbox(tmp_path / "sb", docker=False, lib=fake_nvml.lib)
+    with box:
+        box.start(runtime={"engine": "docker", "docker": {"host": f"unix://{tmp_path}/no.sock"}})
+        (box.root / "etc/docker").mkdir(parents=True)
+        yield box
+
+
+def make_fifo(p: Path) -> None:
+    os.mkfifo(p)
+
+
+HOSTILE_DAEMON_JSON: list[tuple[str, Callable[[Path], object]]] = [
+    ("runtimes-null", lambda p: p.write_text('{"runtimes": null}\n')),
+    ("runtimes-list", lambda p: p.write_text('{"runtimes": []}\n')),
+    ("default-runtime-number", lambda p: p.write_text('{"default-runtime": 5}\n')),
+    ("top-level-list", lambda p: p.write_text("[]\n")),
+    ("utf-16", lambda p: p.write_bytes('{"debug": true}\n'.encode("utf-16"))),
+    ("not-utf-8", lambda p: p.write_bytes(b'{"debug": "\xff"}\n')),
+    ("nested-900-deep", lambda p: p.write_text('{"x": ' + "[" * 900 + "]" * 900 + "}\n")),
+    ("directory", lambda p: p.mkdir()),
+    ("fifo", make_fifo),
+]
+
+
+@pytest.mark.parametrize(
+    "make", [m for _, m in HOSTILE_DAEMON_JSON], ids=[n for n, _ in HOSTILE_DAEMON_JSON]
+)
+def test_hostile_daemon_json_fails_the_runtime_step_and_the_node_still_registers_tainted(
+    dead_docker: Sandbox, make: Callable[[Path], object]
+) -> None:
+    box = dead_docker
+    daemon_json = box.root / "etc/docker/daemon.json"
+    make(daemon_json)
+    before = daemon_json.read_bytes() if daemon_json.is_file() else None
+    r = box.nodeagent("apply", "--phase", "bootstrap", timeout=30)  # a FIFO never blocks
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr == ""
+    runtime = next(ln for ln in r.stdout.splitlines() if ln.startswith("runtime"))
+    assert runtime.startswith("runtime      failed        /etc/docker/daemon.json"), runtime
+    assert steps(r.stdout)["kubelet-args"] == "changed"
+    assert TAINT in box.kubelet_args()
+    if before is not None:
+        assert daemon_json.read_bytes() == before  # a malformed input is never overwritten
+    assert sorted(p.name for p in daemon_json.parent.iterdir()) == ["daemon.json"]  # no junk
+
+
+def patched_nodeagent(box: Sandbox, patch: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The sandbox's CLI in a child whose code ``patch`` made raise: a test-side seam for
+    exceptions no host input should reach any more (a bug in a step)."""
+    code = f"import sys\n{patch}\nfrom nodeagent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run(
+        [sys.executable, "-c", code, *box.argv(*args)[3:]],
+        env={**box.env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_a_step_that_raises_anything_is_a_failed_step_and_the_walk_goes_on(
+    dead_docker: Sandbox,
+) -> None:
+    box = dead_docker
+    box.register()
+    patch = (
+        "from nodeagent.runtime.docker import DockerEngine\n"
+        "def read(self):\n"
+        "    raise AttributeError(\"'NoneType' object has no attribute 'get'\")\n"
+        "DockerEngine.read = read"
+    )
+    r = patched_nodeagent(box, patch, "apply")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert steps(r.stdout) == {
+        "detect": "ok",
+        "runtime": "failed",
+        "kubelet-args": "changed",
+        "node": "changed",
+    }
+    assert (
+        "runtime      failed        internal error: AttributeError: 'NoneType' object has no "
+        "attribute 'get'" in r.stdout
+    )
+    assert TAINT in box.kubelet_args()
+    cond = box.srv.node_condition(box.node, "nvidia.com/GPUReady")
+    assert (cond["status"], cond["reason"]) == ("False", "RuntimeNotConfigured")
+    assert "internal error: AttributeError" in cond["message"]
+
+
+def test_detection_that_raises_is_a_failed_detect_step(dead_docker: Sandbox) -> None:
+    patch = (
+        "import nodeagent.gpu.nvml as nvml\n"
+        "def detect(**kw):\n"
+        "    raise OSError(5, 'Input/output error')\n"
+        "nvml.detect = detect"
+    )
+    r = patched_nodeagent(dead_docker, patch, "apply", "--phase", "bootstrap")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert (
+        "detect       failed        internal error: OSError: [Errno 5] Input/output error"
+        in r.stdout
+    )
+    assert steps(r.stdout) == {"detect": "failed", "runtime": "skipped", "kubelet-args": "changed"}
+    assert TAINT in dead_docker.kubelet_args()  # a GPU node that cannot be read stays tainted
+
+
+def test_the_loser_of_two_concurrent_runs_says_unchanged(box: Sandbox, tmp_path: Path) -> None:
+    """A holds the host lock, paused mid-write; B plans the same change and waits for the
+    lock; when A finishes, B finds the work done: "unchanged", no second write or reload."""
+    assert box.dockerd is not None
+    marker = tmp_path / "paused"
+    a = subprocess.Popen(
+        [sys.executable, "-m", "tests.crashpoint", "--op", "replace", "--name", "daemon.json",
+         "--nth", "1", "--action", "pause", "--marker", str(marker), "--",
+         *box.argv("runtime", "configure")[3:]],
+        env=box.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline and a.poll() is None, a.communicate()
+            time.sleep(0.02)
+        b = subprocess.Popen(
+            box.argv("runtime", "configure"),
+            env=box.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.5)  # B has planned and waits for the lock
+        reloads = box.dockerd.reloads()
+        marker.unlink()
+        a_out, a_err = a.communicate(timeout=60)
+        b_out, b_err = b.communicate(timeout=60)
+    finally:
+        for p in (a, locals().get("b")):
+            if isinstance(p, subprocess.Popen) and p.poll() is None:
+                p.kill()
+    assert a.returncode == 0 and b.returncode == 0, a_err + b_err
+    assert a_out.startswith("docker: changed /etc/docker/daemon.json; reloaded; verified"), a_out
+    assert b_out == "docker: unchanged (the nvidia runtime is already configured, by another run)\n"
+    assert box.dockerd.reloads() == reloads + 1  # A's reload only

@@ -9,10 +9,17 @@ shows no write and the files keep their bytes.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
+from tests.conftest import FakeNVML
+from tests.kubeapi import Fault
 from tests.sandbox import Sandbox
 
 pytestmark = pytest.mark.docker
@@ -235,3 +242,198 @@ def test_the_table_is_coloured_only_when_asked() -> None:
     assert report.exit_code() == 1 and report.exit_code(strict=True) == 1
     warn_only = Report("gpu-1", "all", report.probes[2:], 0.1)
     assert (warn_only.exit_code(), warn_only.exit_code(strict=True)) == (0, 1)
+
+
+# --- a hostile host: every probe still answers, the table is printed whole ---------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def node(tmp_path: Path, fake_nvml: FakeNVML) -> Iterator[Sandbox]:
+    """A registered node whose runtime.engine is docker with no dockerd behind it."""
+    box = Sandbox(tmp_path / "sb", docker=False, lib=fake_nvml.lib)
+    with box:
+        box.start(runtime={"engine": "docker", "docker": {"host": f"unix://{tmp_path}/no.sock"}})
+        (box.root / "etc/docker").mkdir(parents=True)
+        box.register()
+        yield box
+
+
+def probe_lines(stdout: str) -> dict[str, str]:
+    """{probe: result} from the table."""
+    out = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ("PASS", "WARN", "FAIL", "SKIP"):
+            out[parts[1]] = parts[0].lower()
+    return out
+
+
+def test_daemon_json_a_directory_and_a_kubeconfig_list_still_print_the_whole_table(
+    node: Sandbox,
+) -> None:
+    (node.root / "etc/docker/daemon.json").mkdir()
+    (node.root / "etc/kubernetes/kubelet.conf").write_text("- clusters\n- users\n")
+    r = node.nodeagent("check", timeout=30)
+    assert r.returncode == 1
+    assert r.stderr == ""
+    assert list(probe_lines(r.stdout)) == PROBES
+    got = probe_lines(r.stdout)
+    assert got["runtime-config"] == got["credential"] == "fail"
+    assert got["api"] == got["node"] == "skip"  # the credential probe says why
+    assert "FAIL  runtime-config  /etc/docker/daemon.json: a directory, not a regular file" in (
+        r.stdout
+    )
+    assert (
+        "FAIL  credential      /etc/kubernetes/kubelet.conf: a kubeconfig is a mapping, not a list"
+        in r.stdout
+    )
+    assert r.stdout.splitlines()[-1].startswith(f"check all on {node.node}: fail")
+
+
+def test_a_probe_that_raises_is_a_failed_probe(node: Sandbox) -> None:
+    code = (
+        "import sys\n"
+        "import nodeagent.check as check\n"
+        "def boom(root):\n"
+        "    raise ValueError('bad sysfs entry')\n"
+        "check.nvidia_pci_gpus = boom\n"
+        "from nodeagent.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, *node.argv("check")[3:]],
+        env={**node.env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert r.returncode == 1 and r.stderr == ""
+    assert list(probe_lines(r.stdout)) == PROBES
+    assert "FAIL  gpus            internal error: ValueError: bad sysfs entry" in r.stdout
+    assert "fix: a bug in nodeagent: please report it" in r.stdout
+    assert probe_lines(r.stdout)["node"] == "pass"  # the probes after it still ran
+
+
+def _kubeconfig(box: Sandbox) -> tuple[Path, dict[str, Any]]:
+    import yaml
+
+    kc = box.root / "etc/kubernetes/kubelet.conf"
+    return kc, yaml.safe_load(kc.read_text())
+
+
+def _rewrite(box: Sandbox, change: Callable[[dict[str, Any]], object]) -> None:
+    import yaml
+
+    kc, doc = _kubeconfig(box)
+    change(doc)
+    kc.write_text(yaml.safe_dump(doc))
+
+
+GARBAGE_KUBECONFIGS: list[tuple[str, Callable[[Sandbox], object], str]] = [
+    (
+        "yaml-syntax",
+        lambda b: _kubeconfig(b)[0].write_text("clusters: [\n"),
+        "/etc/kubernetes/kubelet.conf:2: invalid YAML",
+    ),
+    ("empty", lambda b: _kubeconfig(b)[0].write_text(""), "a mapping, not null"),
+    (
+        "no-current-context",
+        lambda b: _rewrite(b, lambda d: d.pop("current-context")),
+        "no current-context",
+    ),
+    (
+        "context-names-no-user",
+        lambda b: _rewrite(b, lambda d: d["contexts"][0]["context"].update(user="ghost")),
+        "no entry in 'users' named 'ghost'",
+    ),
+    (
+        "users-not-a-list",
+        lambda b: _rewrite(b, lambda d: d.update(users={"a": 1})),
+        "'users' must be a list, not an object",
+    ),
+    (
+        "client-key-missing",
+        lambda b: Path(_kubeconfig(b)[1]["users"][0]["user"]["client-key"]).unlink(),
+        "does not exist (named by /etc/kubernetes/kubelet.conf)",
+    ),
+    (
+        "ca-a-directory",
+        lambda b: _rewrite(
+            b, lambda d: d["clusters"][0]["cluster"].update({"certificate-authority": "/"})
+        ),
+        "/: a directory, not a regular file",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("breaks", "says"),
+    [(b, s) for _, b, s in GARBAGE_KUBECONFIGS],
+    ids=[n for n, _, _ in GARBAGE_KUBECONFIGS],
+)
+def test_the_credential_probe_fails_a_garbage_kubeconfig(
+    node: Sandbox, breaks: Callable[[Sandbox], object], says: str
+) -> None:
+    _, doc = check_json(node, "--phase", "report")
+    assert by_name(doc)["credential"]["result"] == "pass"
+    breaks(node)
+    code, doc = check_json(node, "--phase", "report")
+    assert code == 1
+    cred = by_name(doc)["credential"]
+    assert cred["result"] == "fail" and says in cred["message"], cred
+    assert "\n" not in cred["message"]
+    report_phase = ["nvml", "gpus", "runtime-daemon", *PROBES[6:]]
+    assert [p["name"] for p in doc["probes"]] == report_phase  # the whole table
+
+
+def test_checks_api_deadline_is_true(node: Sandbox) -> None:
+    node.srv.inject(Fault(method="GET", path_regex="/nodes/", kind="latency", delay_s=10, count=50))
+    t0 = time.monotonic()
+    code, doc = check_json(node, "--phase", "report")
+    took = time.monotonic() - t0
+    api = by_name(doc)["api"]
+    assert code == 1 and api["result"] == "fail"
+    said = float(api["message"].split("gave up after ")[1].split(" s")[0])
+    assert 3 <= said <= 4, api["message"]  # what it says is what it waited
+    assert took < 7, f"check took {took:.1f} s"
+
+
+def test_runtime_config_fails_when_the_nvidia_runtime_has_another_cgroup_driver(
+    tmp_path: Path, fake_nvml: FakeNVML
+) -> None:
+    """An upgraded node: runc now uses the systemd cgroup driver, the nvidia entry written
+    before still says cgroupfs — GPU pods would run under another driver than the kubelet."""
+    (tmp_path / "etc/nodeagent").mkdir(parents=True)
+    (tmp_path / "etc/nodeagent/config.yaml").write_text(
+        f"nvml_library: {fake_nvml.lib}\n"
+        "runtime:\n  engine: containerd\n  containerd:\n    use_drop_in: false\n"
+    )
+    (tmp_path / "etc/containerd").mkdir(parents=True)
+    cri = '[plugins."io.containerd.grpc.v1.cri".containerd'
+    toml = (
+        'version = 2\n\n[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+        '  default_runtime_name = "nvidia"\n'
+        f'{cri}.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"\n'
+        f"{cri}.runtimes.runc.options]\n  SystemdCgroup = true\n"
+        f'{cri}.runtimes.nvidia]\n  runtime_type = "io.containerd.runc.v2"\n'
+        f"{cri}.runtimes.nvidia.options]\n"
+        '  BinaryName = "/usr/bin/nvidia-container-runtime"\n  SystemdCgroup = false\n'
+    )
+    config = tmp_path / "etc/containerd/config.toml"
+    config.write_text(toml)
+    r = subprocess.run(
+        [sys.executable, "-m", "nodeagent", "--root", str(tmp_path), "check", "--phase",
+         "bootstrap", "-o", "json"],
+        capture_output=True, text=True, env=fake_nvml.env("h100x8"), timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    probe = next(p for p in json.loads(r.stdout)["probes"] if p["name"] == "runtime-config")
+    assert probe["result"] == "fail", probe
+    assert probe["message"] == (
+        "containerd: runtime 'nvidia' has options.SystemdCgroup = false but 'runc' has true"
+    )
+    assert "`nodeagent runtime configure` brings it in line" in probe["hint"]
+    assert config.read_text() == toml  # check never writes

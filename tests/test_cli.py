@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent import __version__
-from nodeagent.errors import EXIT_BAD_INPUT, EXIT_NO_GPU
+from nodeagent.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NO_GPU, EXIT_SOFTWARE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,3 +211,122 @@ def test_nvml_library_config_key(tmp_path: Path, fake_nvml) -> None:
     r = nodeagent("--root", str(tmp_path), "detect", "-o", "json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["gpus"][0]["name"] == "Tesla T4"
+
+
+# --- the error boundary: one line, a documented exit code, never a traceback ------------
+
+
+def nodeagent_patched(
+    patch: str, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child whose code ``patch`` (Python, run first) made misbehave: the
+    test-side seam for failures no host input reaches (a bug, a library's odd exception)."""
+    code = f"import sys\n{patch}\nfrom nodeagent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**(env or os.environ), "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+
+
+def assert_one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_empty_root_is_refused_and_nothing_is_written(tmp_path: Path, fake_nvml) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "nodeagent", "--root", "", "apply", "--phase", "bootstrap"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # Path("") would be this directory
+        env={**fake_nvml.env("h100x8"), "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert r.returncode == EXIT_BAD_INPUT
+    assert (
+        assert_one_line(r.stderr)
+        == "nodeagent: --root: empty; give a directory (/ for this machine)"
+    )
+    assert r.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+BOOM = "import nodeagent.gpu.nvml as nvml\ndef boom(*a, **k):\n    raise {exc}\nnvml.detect = boom"
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [
+        (
+            "KeyError('gpus')",
+            EXIT_SOFTWARE,
+            "nodeagent: internal error: KeyError: 'gpus' (a bug: please report it)",
+        ),
+        (
+            "RuntimeError('first\\nsecond')",
+            EXIT_SOFTWARE,
+            "nodeagent: internal error: RuntimeError: first second (a bug: please report it)",
+        ),
+        (
+            "__import__('nodeagent.errors').errors.InputError('/etc/x:1: bad\\n  here')",
+            EXIT_BAD_INPUT,
+            "nodeagent: /etc/x:1: bad here",
+        ),
+        ("KeyboardInterrupt()", EXIT_INTERRUPTED, None),
+    ],
+    ids=["bug", "bug-multiline", "input-multiline", "interrupt"],
+)
+def test_any_exception_is_one_line_and_a_documented_exit_code(
+    tmp_path: Path, exc: str, code: int, line: str | None
+) -> None:
+    r = nodeagent_patched(BOOM.format(exc=exc), "--root", str(tmp_path), "detect")
+    assert r.returncode == code, r.stderr
+    assert r.stdout == ""
+    if line is None:
+        assert r.stderr == ""
+    else:
+        assert assert_one_line(r.stderr) == line
+
+
+def test_a_bugs_traceback_is_logged_only_at_debug(tmp_path: Path) -> None:
+    boom = BOOM.format(exc="KeyError('gpus')")
+    r = nodeagent_patched(boom, "--root", str(tmp_path), "-vv", "--log-format", "json", "detect")
+    assert r.returncode == EXIT_SOFTWARE
+    logged = [json.loads(ln) for ln in r.stderr.splitlines()[:-1]]
+    assert any(d["event"] == "internal_error" and "KeyError" in d["exception"] for d in logged)
+    assert r.stderr.splitlines()[-1].startswith("nodeagent: internal error: KeyError")
+
+
+@pytest.mark.parametrize(
+    ("env", "dot"),
+    [({"PYTHONIOENCODING": "ascii"}, "-"), ({"LC_ALL": "C", "LANG": "C"}, "\u00b7")],
+    ids=["ascii", "C-locale"],  # Python runs a C locale as UTF-8 (PEP 538)
+)
+def test_output_survives_an_ascii_stream(
+    tmp_path: Path, fake_nvml, env: dict[str, str], dot: str
+) -> None:
+    from tests.sandbox import Sandbox
+
+    with Sandbox(tmp_path / "sb", docker=False, lib=fake_nvml.lib) as box:
+        box.start()
+        r = subprocess.run(
+            box.argv("apply", "--phase", "bootstrap"),
+            env=box.env(**env),
+            capture_output=True,
+            timeout=120,
+            cwd=REPO,
+        )
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, out + err
+    assert err == ""
+    if dot == "-":
+        assert r.stdout.isascii()
+    last = out.splitlines()[-1]
+    assert last.startswith(f"apply bootstrap: ok {dot} 1 ok, 1 changed, 1 skipped {dot} ")
+    assert f"driver 580.159.04 {dot} CUDA 13.0" in out  # the detect line's dots too

@@ -7,16 +7,18 @@ config.toml the agent edits under ``--root``; restarts go through
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import tomlkit
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.config import Config, ContainerdConfig, RuntimeConfig
@@ -28,6 +30,12 @@ from nodeagent.runtime.engine import ACTIVATE_NONE, ACTIVATE_RESTART
 from tests.containerd import Containerd, needs_containerd
 from tests.dockerd import write_runtime_standin
 from tests.realparts import skip_or_fail
+
+# Pinned so the health checks (too_slow on a loaded CI runner) never flake: a fixed,
+# derandomized set of examples and no per-example deadline.
+PINNED = settings(
+    max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CRI = '[plugins."io.containerd.grpc.v1.cri"]'
@@ -86,6 +94,7 @@ runtime_entries = st.fixed_dictionaries(
 )
 
 
+@PINNED
 @given(
     runtimes=st.dictionaries(st.sampled_from(["runc", "kata", "nvidia"]), runtime_entries),
     default=st.sampled_from(["runc", "kata", "nvidia"]),
@@ -150,7 +159,9 @@ def test_glob_import_already_covering_the_drop_in_adds_no_entry(tmp_path: Path) 
 def test_a_later_import_with_its_own_cri_section_is_refused(tmp_path: Path) -> None:
     conf_d = tmp_path / "etc" / "containerd" / "conf.d"
     conf_d.mkdir(parents=True)
-    (conf_d.parent / "config.toml").write_text('version = 2\nimports = ["conf.d/*.toml"]\n')
+    (conf_d.parent / "config.toml").write_text(
+        'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n'
+    )
     (conf_d / "zz-site.toml").write_text(f'version = 2\n{CRI}\n  sandbox_image = "p:1"\n')
     eng = ContainerdEngine(Config(runtime=RuntimeConfig(engine="containerd")), HostRoot(tmp_path))
     with pytest.raises(InputError, match=r"zz-site\.toml: defines the CRI section"):
@@ -160,10 +171,13 @@ def test_a_later_import_with_its_own_cri_section_is_refused(tmp_path: Path) -> N
 def test_an_earlier_import_is_carried_into_the_drop_in(tmp_path: Path) -> None:
     conf_d = tmp_path / "etc" / "containerd" / "conf.d"
     conf_d.mkdir(parents=True)
-    (conf_d.parent / "config.toml").write_text('version = 2\nimports = ["conf.d/*.toml"]\n')
+    (conf_d.parent / "config.toml").write_text(
+        'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n'
+    )
     (conf_d / "10-site.toml").write_text(f'version = 2\n{CRI}\n  sandbox_image = "p:1"\n')
     eng = ContainerdEngine(Config(runtime=RuntimeConfig(engine="containerd")), HostRoot(tmp_path))
     (change,) = eng.plan(eng.read()).changes
+    assert change.new is not None
     cri = tomlkit.parse(change.new).unwrap()["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["sandbox_image"] == "p:1"
 
@@ -176,6 +190,7 @@ def test_version_3_configs_use_the_containerd_2_plugin_name(tmp_path: Path) -> N
     drop_in = next(
         c for c in eng.plan(eng.read()).changes if c.host_path.endswith("99-nvidia.toml")
     )
+    assert drop_in.new is not None
     data = tomlkit.parse(drop_in.new).unwrap()
     assert data["version"] == 3
     assert list(data["plugins"]) == ["io.containerd.cri.v1.runtime"]
@@ -316,7 +331,36 @@ def test_rollback_removes_the_runtime_and_restarts(containerd: Containerd) -> No
     assert "nvidia" not in cri["containerd"]["runtimes"]
     assert cri["containerd"]["default_runtime_name"] == "runc"
     assert c.cri_status() == "ok"
-    assert eng.rollback().written == ()  # nothing left to undo
+    again = eng.rollback()  # nothing left to undo, and it says so
+    assert again.written == () and again.message.startswith("nothing of nodeagent's to undo")
+
+
+@pytest.mark.containerd
+def test_a_stale_nvidia_entry_is_brought_in_line_and_pods_config_loads(
+    containerd: Containerd,
+) -> None:
+    """An upgraded node: runc now has SystemdCgroup = true, the old nvidia entry has false
+    and an empty runtime_type. In place, the restarted containerd's CRI plugin loads and
+    the nvidia runtime follows runc; rollback restores the old file and restarts."""
+    c = containerd
+    original = c.base_toml() + STALE_NVIDIA.removeprefix("version = 2\n")
+    c.config.write_text(original)
+    assert c.restart()
+    eng = engine(c, use_drop_in=False)
+    facts = eng.read()
+    assert [m.key for m in ct.runtime_mismatches(facts, "nvidia")] == ["options.SystemdCgroup"]
+    result = eng.apply(eng.plan(facts))
+    assert result.verified and result.activation == ACTIVATE_RESTART
+    assert c.cri_status() == "ok"
+    cri = dump(c)["plugins"]["io.containerd.grpc.v1.cri"]
+    nvidia = cri["containerd"]["runtimes"]["nvidia"]
+    assert nvidia["runtime_type"] == ct.RUNC_V2
+    assert nvidia["options"]["SystemdCgroup"] is True
+    assert nvidia["privileged_without_host_devices"] is True  # its own key, kept
+    assert ct.runtime_mismatches(eng.read(), "nvidia") == ()
+    undone = eng.rollback()
+    assert undone.activation == ACTIVATE_RESTART and c.config.read_text() == original
+    assert "nothing to undo" in eng.rollback().message
 
 
 @pytest.mark.containerd
@@ -350,3 +394,660 @@ def test_cli_dry_run_shows_the_diff_and_changes_nothing(containerd: Containerd) 
     assert "+++ b/etc/containerd/conf.d/99-nvidia.toml" in out.stdout
     assert '+imports = ["conf.d/99-nvidia.toml"]' in out.stdout
     assert c.config.read_text() == before and c.pid == pid
+
+
+# --- a hostile host: every read is one line, nothing written ------------------------------
+
+CONFIG = "/etc/containerd/config.toml"
+DROP_IN = "/etc/containerd/conf.d/99-nvidia.toml"
+NVIDIA_BIN = "/usr/bin/nvidia-container-runtime"
+
+
+def make_root(tmp_path: Path, text: Optional[str] = None, mode: int = 0o644) -> Path:
+    root = tmp_path / "root"
+    (root / "etc" / "containerd").mkdir(parents=True)
+    write_runtime_standin(root)
+    if text is not None:
+        cfg = root / CONFIG[1:]
+        cfg.write_text(text)
+        cfg.chmod(mode)
+    return root
+
+
+def offline(root: Path, **options: Any) -> ContainerdEngine:
+    """An engine for a root where no containerd runs (activation: none; the files are
+    still checked with the real ``containerd config dump`` when it is installed)."""
+    cc = ContainerdConfig(
+        address=str(root / "no-containerd.sock"), use_drop_in=options.pop("use_drop_in", True)
+    )
+    rt = RuntimeConfig(engine="containerd", containerd=cc, **options)
+    return ContainerdEngine(Config(runtime=rt), HostRoot(root))
+
+
+def run_cli(
+    root: Path, *args: str, wrapper: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    conf = root.parent / "nodeagent.yaml"
+    conf.write_text(
+        "runtime:\n  engine: containerd\n"
+        f"  containerd:\n    address: {root / 'no-containerd.sock'}\n"
+    )
+    head = [sys.executable, "-m", *(wrapper or ("nodeagent",))]
+    if wrapper:
+        head.append("--")
+    return subprocess.run(
+        [*head, "--config", str(conf), "--root", str(root), *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )  # fmt: skip
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under the root's /etc, by path: what must not change."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted((root / "etc").rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def one_line_error(out: subprocess.CompletedProcess[str], code: int, starts: str) -> str:
+    assert out.returncode == code, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("nodeagent: ")]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"nodeagent: {starts}"), lines[0]
+    return lines[0]
+
+
+def _fifo(p: Path) -> None:
+    os.mkfifo(p)
+
+
+def _directory(p: Path) -> None:
+    p.mkdir()
+
+
+HOSTILE_FILES = {
+    "fifo": (_fifo, "a FIFO, not a regular file"),
+    "directory": (_directory, "a directory, not a regular file"),
+    "latin-1": (lambda p: p.write_bytes(b"version = 2\n# caf\xe9\n"), "not UTF-8 text"),
+    "utf-16": (lambda p: p.write_bytes("version = 2\n".encode("utf-16")), "UTF-16 text"),
+    "deep": (lambda p: p.write_text("version = 2\nx = " + "[" * 5000 + "]" * 5000), "nested"),
+    "dup-key": (lambda p: p.write_text("version = 2\nversion = 2\n"), "malformed TOML"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_FILES))
+@pytest.mark.parametrize("where", [CONFIG, DROP_IN])
+def test_a_hostile_file_is_one_line_exit_2_and_nothing_is_written(
+    tmp_path: Path, kind: str, where: str
+) -> None:
+    root = make_root(tmp_path, None if where == CONFIG else "version = 2\n")
+    target = root / where[1:]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    make, problem = HOSTILE_FILES[kind]
+    make(target)
+    before = snapshot(root)
+    out = run_cli(root, "runtime", "configure", "--runtime", "containerd")
+    line = one_line_error(out, 2, where)
+    assert problem in line
+    assert snapshot(root) == before
+    assert not (root / "var" / "lib" / "nodeagent" / "backups").exists()
+
+
+SHAPES = [
+    ('version = "2"', "'version' must be an integer, not a string"),
+    ("version = true", "'version' must be an integer, not a boolean"),
+    ("version = 7", "config version 7 is not 2 or 3"),
+    ('version = 2\nimports = "conf.d/x.toml"', "'imports' must be a list, not a string"),
+    ("version = 2\nimports = [1]", "'imports[0]' must be a string, not a number"),
+    ("version = 2\nplugins = 5", "'plugins' must be a table, not a number"),
+    (
+        'version = 2\n[plugins]\n"io.containerd.grpc.v1.cri" = "x"',
+        """'plugins."io.containerd.grpc.v1.cri"' must be a table, not a string""",
+    ),
+    (
+        f"version = 2\n{CRI}\ncontainerd = []",
+        """'plugins."io.containerd.grpc.v1.cri".containerd' must be a table, not a list""",
+    ),
+    (
+        f"version = 2\n{CRI}\ncontainerd.runtimes = 1",
+        "containerd.runtimes' must be a table, not a number",
+    ),
+    (
+        f"version = 2\n{CRI}\ncontainerd.default_runtime_name = 1",
+        "containerd.default_runtime_name' must be a string, not a number",
+    ),
+    (
+        f'version = 2\n{CRI}\ncontainerd.runtimes.runc = "x"',
+        "containerd.runtimes.runc' must be a table, not a string",
+    ),
+    (
+        f"version = 2\n{CRI}\ncontainerd.runtimes.runc.runtime_type = 2",
+        "containerd.runtimes.runc.runtime_type' must be a string, not a number",
+    ),
+    (
+        f"version = 2\n{CRI}\ncontainerd.runtimes.runc.options = [1]",
+        "containerd.runtimes.runc.options' must be a table, not a list",
+    ),
+    (
+        f'version = 2\n{CRI}\ncontainerd.runtimes."my.rt".options.SystemdCgroup = "true"',
+        """containerd.runtimes."my.rt".options.SystemdCgroup' must be a boolean, not a string""",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), SHAPES)
+def test_every_key_the_agent_touches_is_shape_checked_naming_its_path(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    root = make_root(tmp_path, text + "\n")
+    with pytest.raises(InputError) as e:
+        offline(root).read()
+    assert str(e.value) == f"{CONFIG}: {problem}" or (
+        str(e.value).startswith(f"{CONFIG}: '") and str(e.value).endswith(problem)
+    )
+
+
+def test_plugins_5_through_the_cli_is_exit_2_nothing_written(tmp_path: Path) -> None:
+    root = make_root(tmp_path, "version = 2\nplugins = 5\n")
+    before = snapshot(root)
+    out = run_cli(root, "runtime", "configure", "--runtime", "containerd")
+    line = one_line_error(out, 2, CONFIG)
+    assert line == f"nodeagent: {CONFIG}: 'plugins' must be a table, not a number"
+    assert snapshot(root) == before
+
+
+def test_a_type_wrong_import_is_named(tmp_path: Path) -> None:
+    root = make_root(tmp_path, 'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n')
+    (root / "etc/containerd/conf.d").mkdir()
+    (root / "etc/containerd/conf.d/10-site.toml").write_text(
+        f"version = 2\n{CRI}\ncontainerd = 1\n"
+    )
+    with pytest.raises(InputError, match=r"^/etc/containerd/conf\.d/10-site\.toml: 'plugins\."):
+        offline(root).read()
+
+
+def test_a_missing_plain_import_is_refused_as_containerd_would(tmp_path: Path) -> None:
+    root = make_root(tmp_path, 'version = 2\nimports = ["/etc/containerd/site.toml"]\n')
+    with pytest.raises(InputError, match=r"site\.toml does not exist"):
+        offline(root).read()
+
+
+@PINNED
+@given(
+    cri=st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=4)),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3),
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "containerd",
+                        "runtimes",
+                        "runc",
+                        "nvidia",
+                        "options",
+                        "SystemdCgroup",
+                        "runtime_type",
+                        "default_runtime_name",
+                        "BinaryName",
+                    ]
+                ),
+                inner,
+                max_size=4,
+            ),
+        ),
+        max_leaves=12,
+    ),
+    set_default=st.booleans(),
+)
+def test_any_cri_section_is_refused_by_the_shape_check_or_planned_idempotently(
+    cri: Any, set_default: bool
+) -> None:
+    data = {"version": 2, "plugins": {"io.containerd.grpc.v1.cri": cri}}
+    try:
+        ct.check_shape(data, CONFIG)
+    except InputError as e:
+        assert str(e).startswith(f"{CONFIG}: ")
+        return
+    out = ct.desired_cri(cri, "nvidia", NVIDIA_BIN, set_default)
+    ct.check_shape({"plugins": {"io.containerd.grpc.v1.cri": out}}, "out")
+    assert ct.desired_cri(out, "nvidia", NVIDIA_BIN, set_default) == out
+    assert ct.cri_mismatches(out, "nvidia") == ()
+
+
+# --- the registry password never becomes more readable ---------------------------------------
+
+SECRET_CRI = f"""version = 2
+{CRI}
+  [plugins."io.containerd.grpc.v1.cri".registry.configs."registry.example.com".auth]
+    username = "robot"
+    password = "s3cret"
+"""
+
+
+def test_the_drop_in_is_never_more_readable_than_the_files_it_copies(tmp_path: Path) -> None:
+    root = make_root(tmp_path, SECRET_CRI, mode=0o600)
+    drop_in = root / DROP_IN[1:]
+    eng = offline(root)
+    eng.apply(eng.plan(eng.read()))
+    assert "s3cret" in drop_in.read_text()  # containerd needs it: copied, but as private
+    assert stat.S_IMODE(drop_in.stat().st_mode) == 0o600
+
+    # An older run left it 0644: the text is right, the mode is not, so it is a change.
+    drop_in.chmod(0o644)
+    plan = eng.plan(eng.read())
+    assert [c.host_path for c in plan.changes] == [DROP_IN]
+    assert "mode 0644 -> 0600" in plan.diff()
+    assert eng.apply(plan).written == (DROP_IN,)
+    assert stat.S_IMODE(drop_in.stat().st_mode) == 0o600
+    assert not eng.plan(eng.read()).changed
+
+
+def test_a_narrower_import_narrows_the_drop_in_too(tmp_path: Path) -> None:
+    root = make_root(tmp_path, 'version = 2\nimports = ["/etc/containerd/conf.d/10-*.toml"]\n')
+    site = root / "etc/containerd/conf.d/10-site.toml"
+    site.parent.mkdir()
+    site.write_text(SECRET_CRI)
+    site.chmod(0o640)
+    eng = offline(root)
+    eng.apply(eng.plan(eng.read()))
+    assert stat.S_IMODE((root / DROP_IN[1:]).stat().st_mode) == 0o640
+
+
+# --- what the agent writes, the agent and containerd accept on the next run -------------------
+
+STOCK = """#   Copyright 2018-2022 Docker Inc.
+
+#   Licensed under the Apache License, Version 2.0 (the "License");
+#   you may not use this file except in compliance with the License.
+
+#disabled_plugins = ["cri"]
+
+#root = "/var/lib/containerd"
+#state = "/run/containerd"
+#subreaper = true
+#oom_score = 0
+
+#[grpc]
+#  address = "/run/containerd/containerd.sock"
+#  uid = 0
+#  gid = 0
+"""
+
+EMPTY_TYPE = f"""version = 2
+{CRI}
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = ""
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+"""
+
+STALE_NVIDIA = f"""version = 2
+{CRI}
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "nvidia"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]
+    runtime_type = ""
+    privileged_without_host_devices = true
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
+      SystemdCgroup = false
+      BinaryName = "/opt/old/nvidia-container-runtime"
+"""
+
+
+def containerd_default() -> str:
+    """``containerd config default``: the full file most guides tell operators to write."""
+    out = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True)
+    return out.stdout
+
+
+INPUTS: dict[str, Any] = {
+    "absent": None,
+    "empty": "",
+    "comment-only (containerd.io stock)": STOCK,
+    "comment-only CRLF": STOCK.replace("\n", "\r\n"),
+    "host settings": "version = 2\n" + HOST_CRI,
+    "inherited empty runtime_type": EMPTY_TYPE,
+    "stale nvidia entry": STALE_NVIDIA,
+    "containerd config default": containerd_default,
+}
+
+
+def real_dump(root: Path) -> dict[str, Any]:
+    """The real containerd's view of the root's files (their imports are relative)."""
+    out = subprocess.run(
+        ["containerd", "--config", str(root / CONFIG[1:]), "config", "dump"],
+        capture_output=True, text=True, cwd="/",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return dict(tomlkit.parse(out.stdout).unwrap())
+
+
+@pytest.mark.parametrize("set_default", [True, False], ids=["default", "no-default"])
+@pytest.mark.parametrize("use_drop_in", [True, False], ids=["drop-in", "in-place"])
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_what_the_agent_writes_loads_converges_and_rolls_back_exactly(
+    tmp_path: Path, name: str, use_drop_in: bool, set_default: bool
+) -> None:
+    reason = needs_containerd()
+    if reason:
+        skip_or_fail("containerd", reason)
+    text = INPUTS[name]() if callable(INPUTS[name]) else INPUTS[name]
+    root = make_root(tmp_path)
+    cfg = root / CONFIG[1:]
+    if text is not None:
+        cfg.write_bytes(text.encode())
+    before = snapshot(root)
+    eng = offline(root, use_drop_in=use_drop_in, set_as_default=set_default)
+
+    result = eng.apply(eng.plan(eng.read()))  # checked by `containerd config dump` inside
+    assert result.written and result.activation == ACTIVATE_NONE
+
+    # containerd loads it: the nvidia runtime as asked, following runc, with a type.
+    cri = real_dump(root)["plugins"]["io.containerd.grpc.v1.cri"]
+    ctd = cri["containerd"]
+    nvidia = ctd["runtimes"]["nvidia"]
+    assert nvidia["runtime_type"] == ct.RUNC_V2
+    assert nvidia["options"]["BinaryName"] == NVIDIA_BIN
+    assert (ctd["default_runtime_name"] == "nvidia") is set_default
+    assert ct.cri_mismatches(cri, "nvidia") == ()
+    if name == "comment-only CRLF":
+        assert b"\r\n" in cfg.read_bytes() and b"\n" not in cfg.read_bytes().replace(b"\r\n", b"")
+
+    # The agent accepts it and has nothing more to do; check finds no mismatch.
+    facts = eng.read()
+    assert not eng.plan(facts).changed
+    assert ct.runtime_mismatches(facts, "nvidia") == ()
+
+    # Rollback puts every byte back (a file the agent created is removed); twice is once.
+    first = eng.rollback()
+    assert first.written
+    assert snapshot(root) == before, first.message
+    if text is None:
+        assert not cfg.exists()
+    second = eng.rollback()
+    assert second.written == () and "nothing" in second.message
+
+
+def test_a_comment_only_config_gets_a_version_with_its_import() -> None:
+    out = ct.with_import(STOCK, "conf.d/99-nvidia.toml")
+    data = tomlkit.parse(out).unwrap()
+    assert data == {"version": 2, "imports": ["conf.d/99-nvidia.toml"]}
+    assert out.startswith(STOCK)  # every comment kept, in place
+
+
+# --- configs that load but make pods fail ------------------------------------------------------
+
+
+def test_an_inherited_empty_runtime_type_counts_as_missing() -> None:
+    cri = tomlkit.parse(EMPTY_TYPE).unwrap()["plugins"]["io.containerd.grpc.v1.cri"]
+    out = ct.desired_cri(cri, "nvidia", NVIDIA_BIN, True)
+    assert out["containerd"]["runtimes"]["nvidia"]["runtime_type"] == ct.RUNC_V2
+    assert out["containerd"]["runtimes"]["nvidia"]["options"]["SystemdCgroup"] is True
+    assert out["containerd"]["runtimes"]["runc"]["runtime_type"] == ""  # not ours to fix
+
+
+def test_an_existing_nvidia_entry_follows_runc_and_keeps_its_own_keys() -> None:
+    cri = tomlkit.parse(STALE_NVIDIA).unwrap()["plugins"]["io.containerd.grpc.v1.cri"]
+    before = ct.cri_mismatches(cri, "nvidia")
+    # runtime_type "" reads as runc v2 (containerd's default): only the cgroup driver differs
+    assert [(m.key, m.value, m.base, m.base_value) for m in before] == [
+        ("options.SystemdCgroup", False, "runc", True)
+    ]
+    assert (
+        str(before[0]) == "runtime 'nvidia' has options.SystemdCgroup = false but 'runc' has true"
+    )
+    out = ct.desired_cri(cri, "nvidia", NVIDIA_BIN, True)
+    nvidia = out["containerd"]["runtimes"]["nvidia"]
+    assert nvidia == {
+        "runtime_type": ct.RUNC_V2,
+        "privileged_without_host_devices": True,
+        "options": {"SystemdCgroup": True, "BinaryName": NVIDIA_BIN},
+    }
+    assert ct.cri_mismatches(out, "nvidia") == ()
+
+
+def test_a_runc_without_systemd_cgroup_takes_it_off_the_nvidia_entry() -> None:
+    cri = {
+        "containerd": {
+            "runtimes": {
+                "runc": {"runtime_type": ct.RUNC_V2},
+                "nvidia": {"runtime_type": ct.RUNC_V2, "options": {"SystemdCgroup": True}},
+            }
+        }
+    }
+    assert [m.key for m in ct.cri_mismatches(cri, "nvidia")] == ["options.SystemdCgroup"]
+    out = ct.desired_cri(cri, "nvidia", NVIDIA_BIN, False)
+    assert out["containerd"]["runtimes"]["nvidia"]["options"] == {"BinaryName": NVIDIA_BIN}
+
+
+@pytest.mark.parametrize("use_drop_in", [True, False], ids=["drop-in", "in-place"])
+def test_no_default_demotes_the_nvidia_default_to_runc_in_either_mode(
+    tmp_path: Path, use_drop_in: bool
+) -> None:
+    root = make_root(tmp_path, "version = 2\n" + HOST_CRI)
+    first = offline(root, use_drop_in=use_drop_in, set_as_default=True)
+    first.apply(first.plan(first.read()))
+    eng = offline(root, use_drop_in=use_drop_in, set_as_default=False)
+    plan = eng.plan(eng.read())
+    assert plan.changed
+    eng.apply(plan)
+    facts = eng.read()
+    ctd = ct.effective_cri(facts.config, facts.merged, ct.CRI_PLUGIN[2])["containerd"]
+    assert ctd.get("default_runtime_name", "runc") == "runc"  # unset is containerd's runc
+    assert "nvidia" in ctd["runtimes"]
+    assert not eng.plan(facts).changed
+
+
+# --- rollback --------------------------------------------------------------------------------
+
+
+def test_in_place_rollback_restores_a_malformed_config_and_twice_is_once(tmp_path: Path) -> None:
+    original = "version = 2\n" + HOST_CRI
+    root = make_root(tmp_path, original)
+    cfg = root / CONFIG[1:]
+    eng = offline(root, use_drop_in=False)
+    eng.apply(eng.plan(eng.read()))
+    cfg.write_text("version = 2\n[plugins\n")  # an operator broke it afterwards
+    first = eng.rollback()
+    assert first.written == (CONFIG,) and "restored" in first.message
+    assert cfg.read_text() == original
+    backups = root / "var/lib/nodeagent/backups"
+    assert any(p.name.endswith(".undone") for p in backups.iterdir())  # the broken one, kept
+    second = eng.rollback()
+    assert second.written == () and "nothing to undo" in second.message
+    assert cfg.read_text() == original
+
+
+def test_in_place_rollback_of_a_config_the_agent_created_removes_it(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    eng = offline(root, use_drop_in=False)
+    eng.apply(eng.plan(eng.read()))
+    assert (root / CONFIG[1:]).exists()
+    assert eng.rollback().written == (CONFIG,)
+    assert not (root / CONFIG[1:]).exists()
+    assert "already absent" in eng.rollback().message
+
+
+def test_drop_in_rollback_keeps_an_operators_later_edit(tmp_path: Path) -> None:
+    root = make_root(tmp_path, "version = 2\n" + HOST_CRI)
+    cfg = root / CONFIG[1:]
+    eng = offline(root)
+    eng.apply(eng.plan(eng.read()))
+    cfg.write_text(cfg.read_text().replace("pause:3.9", "pause:3.10"))
+    eng.rollback()
+    assert "pause:3.10" in cfg.read_text()
+    assert "imports" not in tomlkit.parse(cfg.read_text())
+    assert not (root / DROP_IN[1:]).exists()
+
+
+def test_drop_in_rollback_removes_a_broken_drop_in(tmp_path: Path) -> None:
+    root = make_root(tmp_path, "version = 2\n" + HOST_CRI)
+    eng = offline(root)
+    eng.apply(eng.plan(eng.read()))
+    (root / DROP_IN[1:]).write_bytes(b"\xff\xfe garbage [[[")
+    with pytest.raises(InputError, match="rollback` removes it"):
+        eng.read()
+    eng.rollback()
+    assert not (root / DROP_IN[1:]).exists()
+
+
+def _trace(root: Path, trace: Path, *args: str) -> list[str]:
+    out = run_cli(root, *args, wrapper=("tests.crashpoint", "--trace", str(trace), "--nth", "0"))
+    assert out.returncode == 0, out.stderr
+    etc = f" {root}/etc/"  # the host's files, not backups or the dump's temp copy
+    return [
+        line for line in trace.read_text().splitlines()
+        if line.split()[0] in ("replace", "unlink") and etc in line
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["configure", "rollback"])
+def test_a_kill_at_any_step_leaves_a_config_containerd_loads_and_the_next_run_converges(
+    tmp_path: Path, command: str
+) -> None:
+    """SIGKILL before and after every rename/unlink of config.toml and the drop-in."""
+    reason = needs_containerd()
+    if reason:
+        skip_or_fail("containerd", reason)
+    original = "version = 2\n" + HOST_CRI
+    args = (
+        ("runtime", "configure", "--runtime", "containerd")
+        if command == "configure"
+        else ("rollback", "--runtime", "containerd")
+    )
+    probe = make_root(tmp_path / "probe", original)
+    if command == "rollback":
+        assert run_cli(probe, "runtime", "configure", "--runtime", "containerd").returncode == 0
+    steps = _trace(probe, tmp_path / "trace", *args)
+    names = [Path(line.split()[1]).name for line in steps]
+    if command == "rollback":  # the import entry goes first, the drop-in after
+        assert names == ["config.toml", "99-nvidia.toml"], steps
+    else:  # the drop-in first, then the import that makes containerd read it
+        assert names == ["99-nvidia.toml", "config.toml"], steps
+    for i, line in enumerate(steps):
+        op, path = line.split()[:2]
+        nth = sum(1 for s in steps[: i + 1] if s.split()[:2] == [op, path])
+        for when in ("before", "after"):
+            root = make_root(tmp_path / f"{i}-{when}", original)
+            if command == "rollback":
+                assert (
+                    run_cli(root, "runtime", "configure", "--runtime", "containerd").returncode == 0
+                )
+            killed = run_cli(root, *args, wrapper=(
+                "tests.crashpoint", "--op", op, "--name", Path(path).name,
+                "--nth", str(nth), "--when", when,
+            ))  # fmt: skip
+            assert killed.returncode == -9, killed.stderr
+            real_dump(root)  # containerd loads whatever the kill left
+            again = run_cli(root, *args)
+            assert again.returncode == 0, again.stderr
+            cri = real_dump(root)["plugins"]["io.containerd.grpc.v1.cri"]
+            assert ("nvidia" in cri["containerd"]["runtimes"]) is (command == "configure")
+            if command == "rollback":
+                assert (root / CONFIG[1:]).read_text() == original
+                assert not (root / DROP_IN[1:]).exists()
+
+
+# --- the agent's own runs: concurrency, --root containment -------------------------------------
+
+
+def test_the_loser_of_two_concurrent_runs_writes_nothing_and_says_so(tmp_path: Path) -> None:
+    root = make_root(tmp_path, "version = 2\n" + HOST_CRI)
+    slow, fast = offline(root), offline(root)
+    stale = slow.plan(slow.read())
+    assert fast.apply(fast.plan(fast.read())).written
+    result = slow.apply(stale)
+    assert result.written == () and "another nodeagent run" in result.message
+
+
+def _tmp_dirs() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nodeagent-containerd.")}
+
+
+def test_config_dump_under_a_root_reads_only_the_roots_files(tmp_path: Path) -> None:
+    """Absolute imports (plain, glob, nested) are the root's files, never this machine's."""
+    reason = needs_containerd()
+    if reason:
+        skip_or_fail("containerd", reason)
+    root = make_root(
+        tmp_path,
+        'version = 2\nimports = ["/etc/containerd/site.d/*.toml", "/etc/containerd/a.toml"]\n',
+    )
+    site = root / "etc/containerd/site.d"
+    site.mkdir()
+    (site / "10-site.toml").write_text(f'version = 2\n{CRI}\n  sandbox_image = "from-glob:1"\n')
+    (root / "etc/containerd/a.toml").write_text(
+        'version = 2\nimports = ["/etc/containerd/b.toml"]\n'
+    )
+    (root / "etc/containerd/b.toml").write_text("version = 2\n[grpc]\n  uid = 4242\n")
+    eng = offline(root)
+    before = _tmp_dirs()
+    data, why = eng.dump()
+    assert data is not None, why
+    assert data["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"] == "from-glob:1"
+    assert data["grpc"]["uid"] == 4242  # an import's own absolute import: the root's too
+    assert _tmp_dirs() == before  # the temp copy is gone
+
+    # A file this machine has but the root does not: containerd is told the root's path.
+    (root / "etc/containerd/b.toml").unlink()
+    (root / "etc/containerd/a.toml").write_text('version = 2\nimports = ["/etc/os-release"]\n')
+    data, why = eng.dump()
+    assert data is None and str(root / "etc/os-release") in why
+    assert _tmp_dirs() == before
+
+
+def test_the_roots_own_containerd_binary_is_the_one_asked(tmp_path: Path) -> None:
+    root = make_root(tmp_path, "version = 2\n")
+    fake = root / "usr/bin/containerd"
+    calls = tmp_path / "calls"
+    shown = tmp_path / "dump.toml"  # what the fake prints for `config dump`
+    shown.write_text(
+        f'version = 2\n{CRI}\n  containerd.default_runtime_name = "nvidia"\n'
+        '  containerd.runtimes.nvidia.runtime_type = "io.containerd.runc.v2"\n'
+    )
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\ncat {shown}\n')
+    fake.chmod(0o755)
+    eng = offline(root)
+    assert eng.check_files() == ""
+    assert "config dump" in calls.read_text()
+
+
+def test_a_relative_glob_import_is_containerds_not_config_tomls_directory(tmp_path: Path) -> None:
+    """containerd expands ``conf.d/*.toml`` from its working directory (/), so it does not
+    import the drop-in: the agent adds its own entry, and containerd then loads it."""
+    reason = needs_containerd()
+    if reason:
+        skip_or_fail("containerd", reason)
+    root = make_root(tmp_path, 'version = 2\nimports = ["conf.d/*.toml"]\n' + HOST_CRI)
+    eng = offline(root)
+    plan = eng.plan(eng.read())
+    assert {c.host_path for c in plan.changes} == {CONFIG, DROP_IN}
+    eng.apply(plan)
+    cri = real_dump(root)["plugins"]["io.containerd.grpc.v1.cri"]  # containerd runs in /
+    assert "nvidia" in cri["containerd"]["runtimes"]
+
+
+@pytest.mark.parametrize("entry", ["/../../outside.toml", "../../../outside.toml"])
+def test_dot_dot_imports_never_leave_the_root(tmp_path: Path, entry: str) -> None:
+    """containerd cleans ``..`` away like Go's filepath.Clean; so does the agent, and the
+    result is a path inside the root (here: /outside.toml, which the root does not have)."""
+    (tmp_path / "outside.toml").write_text(f'version = 2\n{CRI}\n  sandbox_image = "leak:1"\n')
+    root = make_root(tmp_path, f'version = 2\nimports = ["{entry}"]\n')
+    with pytest.raises(InputError, match=r": /outside\.toml does not exist"):
+        offline(root).read()
+
+
+def test_a_dot_dot_glob_is_expanded_inside_the_root(tmp_path: Path) -> None:
+    (tmp_path / "outside.toml").write_text(f'version = 2\n{CRI}\n  sandbox_image = "leak:1"\n')
+    root = make_root(tmp_path, 'version = 2\nimports = ["/../*.toml"]\n')
+    (root / "inside.toml").write_text(f'version = 2\n{CRI}\n  sandbox_image = "in:1"\n')
+    facts = offline(root).read()
+    assert [i.host_path for i in facts.imports] == ["/inside.toml"]

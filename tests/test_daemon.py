@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from nodeagent.health import Health, XidRecord
 from tests.sandbox import Sandbox
 
 CONDITION = "nvidia.com/GPUReady"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class NotifySocket:
@@ -65,11 +67,17 @@ class NotifySocket:
 class Running:
     """``nodeagent run`` in a sandbox."""
 
-    def __init__(self, box: Sandbox, notify: NotifySocket, **env: str) -> None:
+    def __init__(self, box: Sandbox, notify: NotifySocket, patch: str = "", **env: str) -> None:
+        """``patch``: Python run in the child first (a test-side seam to make it misbehave)."""
         self.box = box
         self.notify = notify
+        argv = box.argv("--log-format", "json", "run")
+        if patch:
+            main = "from nodeagent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+            argv = [sys.executable, "-c", f"import sys\n{patch}\n{main}", *argv[3:]]
+            env = {**env, "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen(
-            box.argv("--log-format", "json", "run"),
+            argv,
             env=box.env(NOTIFY_SOCKET=str(notify.path), **env),
             stdout=subprocess.PIPE,
             stderr=open(box.base / "daemon.log", "ab"),  # noqa: SIM115
@@ -350,6 +358,73 @@ def test_memory_does_not_grow_over_many_heartbeats(box: Sandbox, notify: NotifyS
         assert warm < 60 * 1024
     finally:
         run.stop()
+
+
+def test_host_input_never_makes_run_exit_it_reports_and_retries(
+    box: Sandbox, notify: NotifySocket
+) -> None:
+    daemon_json = box.root / "etc/docker/daemon.json"
+    good = daemon_json.read_bytes()
+    daemon_json.write_text('{"runtimes": null}\n')
+    run = Running(box, notify)
+    try:
+        ready = notify.wait_for("READY", "1")
+        assert ready["STATUS"].startswith("degraded: runtime failed: /etc/docker/daemon.json"), (
+            ready
+        )
+        assert "--register-with-taints=readiness.k8s.io/nvidia-gpu-not-ready:NoSchedule" in (
+            box.kubelet_args()
+        )  # the walk went on: the kubelet registers tainted
+        box.register()
+        wait_until(
+            "RuntimeNotConfigured",
+            lambda: condition(box).get("reason") == "RuntimeNotConfigured",
+            10,
+            run,
+        )
+        wait_until("metric", lambda: "nodeagent_last_apply_success 0" in metrics(box), 5, run)
+        assert daemon_json.read_bytes() == b'{"runtimes": null}\n'  # never overwritten
+        time.sleep(1.5)  # several re-detect ticks, each re-running the failed apply
+        assert run.proc.poll() is None
+        daemon_json.write_bytes(good)  # the operator fixes it: the next tick re-applies
+        wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 15, run)
+        wait_until("apply ok", lambda: "nodeagent_last_apply_success 1" in metrics(box), 5, run)
+        assert json.loads(daemon_json.read_text())["default-runtime"] == "nvidia"
+    finally:
+        code, _ = run.stop()
+    assert code == 0
+
+
+def test_a_sync_that_raises_is_reported_and_retried(box: Sandbox, notify: NotifySocket) -> None:
+    box.register()
+    # a detection that raises once the daemon is up: the reporter says so and goes on
+    raise_after = box.base / "raise-detect"
+    patch = (
+        "import os\n"
+        "import nodeagent.gpu.nvml as nvml\n"
+        "real = nvml.detect\n"
+        "def detect(**kw):\n"
+        f"    if os.path.exists({str(raise_after)!r}):\n"
+        "        raise ZeroDivisionError('division by zero')\n"
+        "    return real(**kw)\n"
+        "nvml.detect = detect"
+    )
+    run = Running(box, notify, patch)
+    try:
+        notify.wait_for("READY", "1")
+        wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 10, run)
+        raise_after.touch()
+        msg = notify.wait_for("STATUS", timeout=10)
+        while not msg["STATUS"].startswith("sync failed"):
+            msg = notify.wait_for("STATUS", timeout=10)
+        assert "internal error: ZeroDivisionError: division by zero" in msg["STATUS"]
+        assert "daemon.sync_failed" in run.log()
+        wait_until("metric", lambda: "nodeagent_last_report_success 0" in metrics(box), 5, run)
+        raise_after.unlink()
+        wait_until("recovered", lambda: "nodeagent_last_report_success 1" in metrics(box), 10, run)
+    finally:
+        code, _ = run.stop()
+    assert code == 0
 
 
 # --- the pure parts ---------------------------------------------------------------------

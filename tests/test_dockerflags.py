@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,44 @@ def test_missing_runtime_binary(tmp_path: Path) -> None:
     eng = DockerEngine(Config(), HostRoot(tmp_path))  # no nvidia-container-runtime there
     plan = eng.plan(eng.read())  # docker not running: written, with a warning
     assert plan.warnings and "runtime binary not found" in plan.warnings[0]
+
+
+def test_unreadable_flag_sources_count_as_absent_and_never_block(tmp_path: Path) -> None:
+    """Every flag source is an optional fact: a FIFO (a plain read would wait forever), a
+    directory, non-UTF-8 bytes or a symlink loop must neither hang nor fail the run."""
+    root = root_with(tmp_path, {"/etc/sysconfig/docker": "OPTIONS='--default-runtime=runc'\n"})
+    os.mkfifo(tmp_path / "etc/sysconfig/docker.fifo")
+    (tmp_path / "etc/sysconfig/docker").unlink()
+    (tmp_path / "etc/sysconfig/docker").symlink_to("docker.fifo")
+    (tmp_path / "etc/default").mkdir(parents=True)
+    (tmp_path / "etc/default/docker").mkdir()
+    unit_dir = tmp_path / "etc/systemd/system/docker.service.d"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "10-latin1.conf").write_bytes(
+        b"# caf\xe9\n[Service]\nExecStart=\nExecStart=/usr/bin/dockerd --default-runtime runc\n"
+    )
+    (unit_dir / "20-loop.conf").symlink_to("20-loop.conf")
+    sources = dockerflags.collect(root)
+    assert [s.where for s in sources] == [
+        "/etc/systemd/system/docker.service.d/10-latin1.conf"
+    ]  # the readable one still counts
+    eng = DockerEngine(Config(), root)
+    with pytest.raises(InputError, match=r"^/etc/systemd/system/docker.service.d/10-latin1"):
+        eng.plan(eng.read())
+
+
+def test_running_dockerd_is_found_by_its_name(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    for pid, comm, argv in [
+        ("10", "dockerd\n", b"dockerd\0--default-runtime\0runc\0"),
+        ("11", "sleep\n", b"sleep\0600\0"),
+    ]:
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "comm").write_text(comm)
+        (proc / pid / "cmdline").write_bytes(argv)
+    (proc / "12").mkdir()  # a process that exited while we looked: no comm
+    (proc / "self").mkdir()
+    found = dockerflags.running_dockerd(proc)
+    assert found == [
+        dockerflags.FlagSource("running dockerd (pid 10)", ("dockerd", "--default-runtime", "runc"))
+    ]

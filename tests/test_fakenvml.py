@@ -294,6 +294,275 @@ def test_uninitialised_calls_fail_like_nvml(nvml) -> None:
         pynvml.nvmlSystemGetDriverVersion()
 
 
+# --------------------------------------------------------------------------- health signals
+
+
+def node(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def fabric_v(handle, struct, version: int):
+    info = struct()
+    info.version = version
+    pynvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(info))
+    return info
+
+
+def test_fabric_structs_match_pynvmls_layouts(nvml, fake_nvml, tmp_path) -> None:
+    """nvml.h's versioned structs (the fake is compiled against them) and pynvml's ctypes
+    copies agree: the version word pynvml sets is accepted, every member lands where
+    pynvml reads it, and a v2 caller's memory past its struct is never written."""
+    data = fake_nvml.data("h100x8")
+    cluster = "9c6f5af3-53bf-49b5-a436-b66766c413c3"
+    fabric: dict[str, object] = {
+        "state": "completed",
+        "status": "NVML_ERROR_UNKNOWN",
+        "clique_id": 4026,
+        "cluster_uuid": cluster,
+        "health_mask": 0x5A5,
+        "health_summary": "limited_capacity",
+    }
+    data["gpus"][0]["fabric"] = fabric
+    nvml(node(tmp_path, data))
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    # NVML_STRUCT_VERSION: the size in the low bits, the version in the top byte.
+    for struct, version, n in [
+        (pynvml.c_nvmlGpuFabricInfo_v2_t, pynvml.nvmlGpuFabricInfo_v2, 2),
+        (pynvml.c_nvmlGpuFabricInfo_v3_t, pynvml.nvmlGpuFabricInfo_v3, 3),
+    ]:
+        assert version == ctypes.sizeof(struct) | n << 24
+        info = fabric_v(h, struct, version)
+        assert info.version == version
+        assert info.state == pynvml.NVML_GPU_FABRIC_STATE_COMPLETED
+        assert info.status == pynvml.NVML_ERROR_UNKNOWN
+        assert info.cliqueId == fabric["clique_id"]
+        assert bytes(info.clusterUuid).hex() == cluster.replace("-", "")
+        assert info.healthMask == fabric["health_mask"]
+    assert info.healthSummary == pynvml.NVML_GPU_FABRIC_HEALTH_SUMMARY_LIMITED_CAPACITY
+    # A v2 struct followed by canary bytes: only the v2 struct's bytes change.
+    v2 = ctypes.sizeof(pynvml.c_nvmlGpuFabricInfo_v2_t)
+    buf = (ctypes.c_ubyte * (v2 + 8))(*([0xAB] * (v2 + 8)))
+    ctypes.c_uint.from_buffer(buf).value = pynvml.nvmlGpuFabricInfo_v2
+    pynvml.nvmlDeviceGetGpuFabricInfoV(h, ctypes.byref(buf))
+    assert bytes(buf[v2:]) == b"\xab" * 8
+    legacy = pynvml.c_nvmlGpuFabricInfo_t()
+    pynvml.nvmlDeviceGetGpuFabricInfo(h, ctypes.byref(legacy))
+    assert (legacy.state, legacy.cliqueId) == (pynvml.NVML_GPU_FABRIC_STATE_COMPLETED, 4026)
+
+
+def test_fabric_version_checks(nvml, fake_nvml, tmp_path, monkeypatch) -> None:
+    nvml("h100x8")
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(pynvml.NVMLError) as e:
+        fabric_v(h, pynvml.c_nvmlGpuFabricInfo_v3_t, pynvml.nvmlGpuFabricInfo_v3 + 1)
+    assert e.value.value == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+    data = fake_nvml.data("h100x8")
+    data["fabric_info_version"] = 2  # an older driver: v3 unknown, v2 fine
+    monkeypatch.setenv("FAKE_NVML_PROFILE", str(node(tmp_path, data)))
+    pynvml.nvmlInit()  # a second user: the node is re-read
+    with pytest.raises(pynvml.NVMLError) as e:
+        fabric_v(h, pynvml.c_nvmlGpuFabricInfo_v3_t, pynvml.nvmlGpuFabricInfo_v3)
+    assert e.value.value == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+    info = fabric_v(h, pynvml.c_nvmlGpuFabricInfo_v2_t, pynvml.nvmlGpuFabricInfo_v2)
+    assert info.state == pynvml.NVML_GPU_FABRIC_STATE_COMPLETED
+    data["fabric_info_version"] = 1  # a driver without nvmlDeviceGetGpuFabricInfoV
+    monkeypatch.setenv("FAKE_NVML_PROFILE", str(node(tmp_path, data)))
+    pynvml.nvmlInit()
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        fabric_v(h, pynvml.c_nvmlGpuFabricInfo_v2_t, pynvml.nvmlGpuFabricInfo_v2)
+    legacy = pynvml.c_nvmlGpuFabricInfo_t()
+    pynvml.nvmlDeviceGetGpuFabricInfo(h, ctypes.byref(legacy))
+    assert legacy.state == pynvml.NVML_GPU_FABRIC_STATE_COMPLETED
+
+
+def test_fabric_not_supported_and_not_supported_state(nvml, fake_nvml, tmp_path) -> None:
+    """No "fabric" key: the call is NOT_SUPPORTED (PCIe GPUs, older GPUs); state
+    "not_supported": the call succeeds and says so (a single-GPU HGX board, per gpud)."""
+    data = fake_nvml.data("h100x8")
+    del data["gpus"][0]["fabric"]
+    data["gpus"][1]["fabric"] = {"state": "not_supported", "status": "NVML_SUCCESS"}
+    nvml(node(tmp_path, data))
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        fabric_v(
+            pynvml.nvmlDeviceGetHandleByIndex(0),
+            pynvml.c_nvmlGpuFabricInfo_v3_t,
+            pynvml.nvmlGpuFabricInfo_v3,
+        )
+    info = fabric_v(
+        pynvml.nvmlDeviceGetHandleByIndex(1),
+        pynvml.c_nvmlGpuFabricInfo_v3_t,
+        pynvml.nvmlGpuFabricInfo_v3,
+    )
+    assert info.state == pynvml.NVML_GPU_FABRIC_STATE_NOT_SUPPORTED
+
+
+def test_fabric_events_change_one_gpu_with_time_since_boot(nvml, fake_nvml, tmp_path) -> None:
+    data = fake_nvml.data("h100x8")
+    for g in data["gpus"]:
+        g["fabric"] = {"state": "not_started"}
+    data["fabric_events"] = [
+        {"gpu": 2, "after_ms": 1000, "state": "in_progress"},
+        {"gpu": 2, "after_ms": 60000, "state": "completed", "status": "NVML_ERROR_UNKNOWN"},
+    ]
+    path = node(tmp_path, data)
+    nvml(path)
+
+    def states() -> list[tuple[int, int]]:
+        out = []
+        for i in range(len(data["gpus"])):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            f = fabric_v(h, pynvml.c_nvmlGpuFabricInfo_v3_t, pynvml.nvmlGpuFabricInfo_v3)
+            out.append((f.state, f.status))
+        return out
+
+    not_started = (pynvml.NVML_GPU_FABRIC_STATE_NOT_STARTED, pynvml.NVML_SUCCESS)
+    assert states() == [not_started] * 8  # just booted
+    for ago, want in [
+        (5, (pynvml.NVML_GPU_FABRIC_STATE_IN_PROGRESS, pynvml.NVML_SUCCESS)),
+        (120, (pynvml.NVML_GPU_FABRIC_STATE_COMPLETED, pynvml.NVML_ERROR_UNKNOWN)),
+    ]:
+        booted = time.time() - ago
+        os.utime(path, (booted, booted))
+        pynvml.nvmlInit()  # the boot time is read with the profile
+        assert states() == [not_started] * 2 + [want] + [not_started] * 5
+
+
+def test_remapped_rows_recovery_action_and_pages(nvml, fake_nvml) -> None:
+    nvml("h100x8-remap-pending")
+    gpus = fake_nvml.data("h100x8-remap-pending")["gpus"]
+    for i, want in enumerate(gpus):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        rows = want["remapped_rows"]
+        assert pynvml.nvmlDeviceGetRemappedRows(h) == (
+            rows["correctable"],
+            rows["uncorrectable"],
+            int(rows["pending"]),
+            int(rows["failure"]),
+        )
+        field = pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+        values = pynvml.nvmlDeviceGetFieldValues(h, [field, pynvml.NVML_FI_DEV_RESET_STATUS])
+        assert (values[0].fieldId, values[0].nvmlReturn) == (field, pynvml.NVML_SUCCESS)
+        assert values[0].valueType == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+        assert values[0].value.uiVal == pynvml.NVML_GPU_RECOVERY_ACTION_NONE
+        assert values[1].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # a field it lacks
+        with pytest.raises(pynvml.NVMLError_NotSupported):  # H100: no page retirement
+            pynvml.nvmlDeviceGetRetiredPagesPendingStatus(h)
+
+
+def test_measurements_and_their_deprecated_twins(nvml, fake_nvml) -> None:
+    nvml("h100x8")
+    for i, want in enumerate(fake_nvml.data("h100x8")["gpus"]):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        assert pynvml.nvmlDeviceGetUtilizationRates(h).gpu == want["utilization_gpu_pct"]
+        assert pynvml.nvmlDeviceGetMemoryInfo(h).used == want["memory_used_mib"] * 1024 * 1024
+        t = want["temperature_c"]
+        assert pynvml.nvmlDeviceGetTemperatureV(h, pynvml.NVML_TEMPERATURE_GPU) == t
+        assert pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU) == t
+        with pytest.raises(pynvml.NVMLError_NotSupported):  # only the GPU core sensor
+            pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU_MAX)
+        assert pynvml.nvmlDeviceGetPowerUsage(h) == want["power_usage_mw"]
+        assert pynvml.nvmlDeviceGetPersistenceMode(h) == pynvml.NVML_FEATURE_ENABLED
+        mask = pynvml.nvmlDeviceGetCurrentClocksEventReasons(h)
+        assert mask == pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)
+        assert mask == pynvml.nvmlClocksEventReasonGpuIdle  # the profile: ["gpu_idle"]
+        ecc = pynvml.nvmlDeviceGetTotalEccErrors(
+            h, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC
+        )
+        assert ecc == want["ecc_volatile_uncorrectable"]
+        with pytest.raises(pynvml.NVMLError_NotSupported):  # a counter the profile lacks
+            pynvml.nvmlDeviceGetTotalEccErrors(
+                h, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_AGGREGATE_ECC
+            )
+    wrong = pynvml.c_nvmlTemperature_v1_t()
+    wrong.version = pynvml.nvmlTemperature_v1 + 1
+    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetTemperatureV")
+    assert fn(pynvml.nvmlDeviceGetHandleByIndex(0), ctypes.byref(wrong)) == (
+        pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+    )
+
+
+def test_clock_event_names_are_nvmls_bits(nvml, fake_nvml, tmp_path) -> None:
+    names = {
+        "gpu_idle": pynvml.nvmlClocksEventReasonGpuIdle,
+        "applications_clocks": pynvml.nvmlClocksEventReasonApplicationsClocksSetting,
+        "sw_power_cap": pynvml.nvmlClocksEventReasonSwPowerCap,
+        "hw_slowdown": pynvml.nvmlClocksEventReasonHwSlowdown,
+        "sync_boost": pynvml.nvmlClocksEventReasonSyncBoost,
+        "sw_thermal": pynvml.nvmlClocksEventReasonSwThermalSlowdown,
+        "hw_thermal": pynvml.nvmlClocksEventReasonHwThermalSlowdown,
+        "hw_power_brake": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
+        "display_clocks": pynvml.nvmlClocksEventReasonDisplayClockSetting,
+    }
+    data = fake_nvml.data("h100x8")
+    listed = list(names)
+    for i, g in enumerate(data["gpus"]):  # GPU 7 gets the last two
+        g["clocks_event_reasons"] = listed[i : i + 1] if i < 7 else listed[7:]
+    data["gpus"][0]["clocks_event_reasons"].append("no_such_reason")
+    nvml(node(tmp_path, data))
+    for i, g in enumerate(data["gpus"][1:], start=1):
+        mask = pynvml.nvmlDeviceGetCurrentClocksEventReasons(pynvml.nvmlDeviceGetHandleByIndex(i))
+        want = 0
+        for name in g["clocks_event_reasons"]:
+            want |= names[name]
+        assert mask == want
+    with pytest.raises(pynvml.NVMLError_Unknown):  # a name NVML has no bit for
+        pynvml.nvmlDeviceGetCurrentClocksEventReasons(pynvml.nvmlDeviceGetHandleByIndex(0))
+
+
+def test_gb10_memory_not_supported(nvml) -> None:
+    nvml("gb10")
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetMemoryInfo(h)
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+    assert pynvml.nvmlDeviceGetName(h) == "NVIDIA GB10"
+
+
+@pytest.mark.parametrize("key", ["fabric", "remapped_rows", "recovery_action", "persistence_mode",
+                                 "utilization_gpu_pct", "temperature_c", "power_usage_mw",
+                                 "clocks_event_reasons", "ecc_volatile_uncorrectable"])  # fmt: skip
+def test_absent_key_is_not_supported(key: str, nvml, fake_nvml, tmp_path) -> None:
+    data = fake_nvml.data("h100x8")
+    del data["gpus"][0][key]
+    nvml(node(tmp_path, data))
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    calls = {
+        "fabric": lambda: fabric_v(h, pynvml.c_nvmlGpuFabricInfo_v3_t, pynvml.nvmlGpuFabricInfo_v3),
+        "remapped_rows": lambda: pynvml.nvmlDeviceGetRemappedRows(h),
+        "persistence_mode": lambda: pynvml.nvmlDeviceGetPersistenceMode(h),
+        "utilization_gpu_pct": lambda: pynvml.nvmlDeviceGetUtilizationRates(h),
+        "temperature_c": lambda: pynvml.nvmlDeviceGetTemperatureV(h, pynvml.NVML_TEMPERATURE_GPU),
+        "power_usage_mw": lambda: pynvml.nvmlDeviceGetPowerUsage(h),
+        "clocks_event_reasons": lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
+        "ecc_volatile_uncorrectable": lambda: pynvml.nvmlDeviceGetTotalEccErrors(
+            h, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC
+        ),
+    }
+    if key == "recovery_action":  # a field answers in its value, not the call's return
+        field = pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+        value = pynvml.nvmlDeviceGetFieldValues(h, [field])[0]
+        assert value.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
+        return
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        calls[key]()
+    # The other GPUs still answer.
+    assert pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(1)) > 0
+
+
+def test_call_errors_fail_one_function_of_one_gpu(nvml, fake_nvml, tmp_path) -> None:
+    data = fake_nvml.data("h100x8")
+    data["gpus"][3]["call_errors"] = {"nvmlDeviceGetPowerUsage": "NVML_ERROR_GPU_IS_LOST"}
+    nvml(node(tmp_path, data))
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(3))
+    h3 = pynvml.nvmlDeviceGetHandleByIndex(3)
+    assert pynvml.nvmlDeviceGetTemperatureV(h3, pynvml.NVML_TEMPERATURE_GPU) > 0
+    assert pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(2)) > 0
+
+
 # --------------------------------------------------------------------------- the build
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -20,42 +21,152 @@ from tests.dockerd import write_runtime_standin
 
 REPO = Path(__file__).resolve().parents[1]
 
-MALFORMED = {
-    "truncated": ('{\n  "log-driver": "journald",\n  "debug": tr', "3:12: invalid JSON"),
-    "array": ("[]\n", "1:1: the top level must be a JSON object"),
-    "runtimes-number": ('{"runtimes": 5}\n', "1:2: 'runtimes' must be an object"),
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+    (path / "x.json").write_text("{}\n")
+
+
+def _deep(depth: int) -> bytes:
+    return ('{"a": ' + "[" * depth + "]" * depth + "}\n").encode()
+
+
+# case -> (the file's bytes, or how to make the path; the one line nodeagent prints after
+# "nodeagent: /etc/docker/daemon.json"). Everything here is exit 2 and leaves the file as is.
+MALFORMED: dict[str, tuple[bytes | Callable[[Path], None], str]] = {
+    "truncated": (
+        b'{\n  "log-driver": "journald",\n  "debug": tr',
+        ":3:12: invalid JSON: Expecting value",
+    ),
+    "array": (b"[]\n", ":1:1: the top level must be a JSON object"),
+    "runtimes-number": (b'{"runtimes": 5}\n', ":1:2: 'runtimes' must be an object, not a number"),
+    "runtimes-null": (b'{"runtimes": null}\n', ":1:2: 'runtimes' must be an object, not null"),
+    "runtimes-list": (b'{"runtimes": []}\n', ":1:2: 'runtimes' must be an object, not a list"),
     "runtime-entry-string": (
-        '{"runtimes": {"nvidia": "x"}}\n',
-        "1:15: 'runtimes.nvidia' must be an object",
+        b'{"runtimes": {"nvidia": "x"}}\n',
+        ":1:15: 'runtimes.nvidia' must be an object, not a string",
     ),
-    "bom": ('\ufeff{"debug": true}\n', "1:1: starts with a UTF-8 byte-order mark"),
+    "runtime-entry-null": (
+        b'{"runtimes": {"runc": {"path": "runc"},\n  "nvidia": null}}\n',
+        ":2:3: 'runtimes.nvidia' must be an object, not null",
+    ),
+    "runtime-path-number": (
+        b'{"runtimes": {"nvidia": {"path": 5}}}\n',
+        ":1:26: 'runtimes.nvidia.path' must be a string, not a number",
+    ),
+    "runtime-args-string": (
+        b'{"runtimes": {"nvidia": {"runtimeArgs": "--debug"}}}\n',
+        ":1:26: 'runtimes.nvidia.runtimeArgs' must be a list of strings, not a string",
+    ),
+    "runtime-args-item": (
+        b'{"runtimes": {"nvidia": {"runtimeArgs": ["--debug", 1]}}}\n',
+        ":1:26: 'runtimes.nvidia.runtimeArgs[1]' must be a string, not a number",
+    ),
+    "default-runtime-number": (
+        b'{\n  "default-runtime": 1\n}\n',
+        ":2:3: 'default-runtime' must be a string, not a number",
+    ),
+    "default-runtime-object": (
+        b'{"default-runtime": {}}\n',
+        ":1:2: 'default-runtime' must be a string, not an object",
+    ),
+    "live-restore-string": (
+        b'{"live-restore": "yes"}\n',
+        ":1:2: 'live-restore' must be true or false, not a string",
+    ),
+    "bom": (
+        '\ufeff{"debug": true}\n'.encode(),
+        ":1:1: starts with a UTF-8 byte-order mark, which dockerd cannot parse; remove it",
+    ),
     "duplicate-key": (
-        '{\n  "debug": true,\n  "debug": false\n}\n',
-        "3:3: duplicate key 'debug'",
+        b'{\n  "debug": true,\n  "debug": false\n}\n',
+        ":3:3: duplicate key 'debug' (dockerd would silently keep only the last one)",
     ),
-    "huge": ('{"labels": [' + ",".join(['"x"'] * 300_000) + "]}\n", "1:1: larger than 1024 KiB"),
-}
+    "huge": (
+        b'{"labels": [' + b",".join([b'"x"'] * 300_000) + b"]}\n",
+        ": 1200014 bytes, larger than the 1024 KiB this file may have; refusing to read it",
+    ),
+    "utf-16": (
+        '{"debug": true}\n'.encode("utf-16"),
+        ":1:1: UTF-16 text (byte-order mark); save it as UTF-8",
+    ),
+    "utf-32": (
+        '{"debug": true}\n'.encode("utf-32"),
+        ":1:1: UTF-32 text (byte-order mark); save it as UTF-8",
+    ),
+    "latin-1": (
+        '{\n  "labels": ["café"]\n}\n'.encode("latin-1"),
+        ":2:18: not UTF-8 text (byte 0xe9); refusing to read it",
+    ),
+    "nested-900": (_deep(900), ":1:70: nested deeper than 64 levels; refusing to read it"),
+    "nested-100000": (_deep(100_000), ":1:70: nested deeper than 64 levels; refusing to read it"),
+    "fifo": (_fifo, ": a FIFO, not a regular file; refusing to read it"),
+    "directory": (_directory, ": a directory, not a regular file; refusing to read it"),
+}  # fmt: skip
 
 
-@pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_daemon_json_is_refused_and_untouched(tmp_path: Path, case: str) -> None:
-    text, expected = MALFORMED[case]
+def _snapshot(path: Path) -> object:
+    """What must not change: the bytes of a file, the listing of a directory, the kind."""
+    st = path.lstat()
+    if path.is_dir():
+        return ("dir", sorted(p.name for p in path.iterdir()), st.st_mtime_ns)
+    if path.is_fifo():
+        return ("fifo", st.st_mtime_ns)
+    return ("file", path.read_bytes(), st.st_mtime_ns, st.st_ino)
+
+
+# --dry-run reads the same way: checked on the reader's and the shape check's worst cases.
+DRY_RUN_CASES = ("fifo", "directory", "runtimes-null", "nested-900")
+
+
+@pytest.mark.parametrize(
+    ("case", "dry_run"),
+    [(c, False) for c in sorted(MALFORMED)] + [(c, True) for c in DRY_RUN_CASES],
+)
+def test_malformed_daemon_json_is_refused_and_untouched(
+    tmp_path: Path, case: str, dry_run: bool
+) -> None:
+    content, expected = MALFORMED[case]
     write_runtime_standin(tmp_path)
     daemon = tmp_path / "etc/docker/daemon.json"
     daemon.parent.mkdir(parents=True)
-    daemon.write_bytes(text.encode())
-    st_before = daemon.stat()
+    if isinstance(content, bytes):
+        daemon.write_bytes(content)
+    else:
+        content(daemon)
+    before = _snapshot(daemon)
     r = subprocess.run(
         [sys.executable, "-m", "nodeagent", "--root", str(tmp_path), "runtime", "configure",
-         "--runtime", "docker"],
+         "--runtime", "docker", *(["--dry-run"] if dry_run else [])],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip
-    assert r.returncode == EXIT_BAD_INPUT
-    assert r.stderr.startswith(f"nodeagent: /etc/docker/daemon.json:{expected}"), r.stderr
-    assert r.stderr.count("\n") == 1
-    assert daemon.read_bytes() == text.encode()
-    assert daemon.stat().st_mtime_ns == st_before.st_mtime_ns
+    assert r.returncode == EXIT_BAD_INPUT, r.stderr
+    assert r.stderr == f"nodeagent: /etc/docker/daemon.json{expected}\n"
+    assert r.stdout == ""
+    assert _snapshot(daemon) == before
+    assert sorted(p.name for p in daemon.parent.iterdir()) == ["daemon.json"]  # no temp left
     assert not (tmp_path / "var/lib/nodeagent/backups").exists()
+
+
+def test_nesting_at_the_bound_is_accepted_and_one_past_it_refused() -> None:
+    deepest = "[" * (jsonedit.MAX_DEPTH - 1) + "]" * (jsonedit.MAX_DEPTH - 1)
+    assert jsonedit.parse('{"a": ' + deepest + "}", "f").data["a"] == json.loads(deepest)
+    with pytest.raises(InputError, match=r"^f:1:70: nested deeper than 64 levels"):
+        jsonedit.parse('{"a": [' + deepest + "]}", "f")
+    # brackets inside strings do not nest
+    text = json.dumps({"a": "[" * 200, "b": {"c": "{" * 200}})
+    assert jsonedit.parse(text, "f").data["a"] == "[" * 200
+
+
+def test_key_position_follows_the_key_path() -> None:
+    text = '{\n  "runtimes": {\n    "runc": {"path": "runc"},\n    "nvidia": {"path": 5}\n  }\n}'
+    assert jsonedit.key_position(text, "runtimes") == (2, 3)
+    assert jsonedit.key_position(text, "runtimes", "nvidia", "path") == (4, 16)
+    assert jsonedit.key_position(text, "absent") == (1, 1)
 
 
 @pytest.mark.parametrize(
@@ -185,3 +296,18 @@ def test_error_names_the_line_and_column() -> None:
     with pytest.raises(InputError) as e:
         jsonedit.parse('{\n  "a": 1,\n  "b" 2\n}', "/etc/docker/daemon.json")
     assert str(e.value) == ("/etc/docker/daemon.json:3:7: invalid JSON: Expecting ':' delimiter")
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"default-runtime": "nvidia"}, "runc"),  # demoted: a changed value is reloadable
+        ({"default-runtime": "crun"}, "crun"),  # another default is not ours to touch
+        ({}, None),  # no default named: none added
+    ],
+)
+def test_no_default_demotes_only_our_runtime(before: dict[str, Any], after: str | None) -> None:
+    new = desired(before, "nvidia", "nvidia-container-runtime", False)
+    assert new.get("default-runtime") == after
+    assert new["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+    assert desired(new, "nvidia", "nvidia-container-runtime", False) == new  # idempotent

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from nodeagent.config import Config
 from nodeagent.errors import InputError
-from nodeagent.filewrite import write_changes
+from nodeagent.host.writer import Writer
 from nodeagent.kube import kubeletargs as ka
 from nodeagent.paths import HostRoot
 
@@ -22,7 +22,12 @@ LABELS = {"gpu": "true", "gpu-type": "H100", "nvidia.com/gpu.count": "8"}
 def plan_and_write(tmp_path: Path, labels=LABELS, taint=TAINT) -> list[str]:
     root = HostRoot(tmp_path)
     change = ka.plan(root, ka.DEBIAN_PATH, labels, taint)
-    return write_changes([change], Config(), root)
+    if not change.changed:
+        return []
+    cfg = Config()
+    with Writer(root, cfg.lock_file, cfg.backup_dir, cfg.backup_keep).session() as session:
+        session.apply(change)
+    return [change.host_path]
 
 
 def kubelet_file(tmp_path: Path) -> Path:

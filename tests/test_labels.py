@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.config import LabelsConfig
+from nodeagent.config import FieldError, LabelsConfig
 from nodeagent.gpu.inventory import (
     GPU,
     GPU_LOST,
@@ -29,6 +29,7 @@ from nodeagent.labels import (
     label_key_problem,
     node_labels,
     sanitize_value,
+    value_problem,
 )
 
 # Real values read off hardware, with their sources (tests/data/real-gpus.README.md).
@@ -215,6 +216,52 @@ def test_config_switches_families_and_skip_and_static() -> None:
     assert only_gfd["nvidia.com/gpu.product"] == "Tesla-T4"
 
 
+def test_static_labels_are_set_as_given_and_win_over_derived_ones() -> None:
+    inv = node(gpu("Tesla T4"))
+    static = {"nvidia.com/gpu.product": "custom-T4", "empty": "", "example.com/pool": "a"}
+    labels = node_labels(inv, LabelsConfig(static=static))
+    assert {k: labels[k] for k in static} == static
+
+
+@pytest.mark.parametrize("value", ["not valid!", "-x", "x-", "a b", "x" * 64, "ünï"])
+def test_an_invalid_static_value_never_reaches_node_labels(value: str) -> None:
+    # The config refuses it (with its line when loaded from the file) instead of
+    # node_labels dropping it silently.
+    with pytest.raises(FieldError) as e:
+        LabelsConfig(static={"pool": value})
+    assert (e.value.field, e.value.at) == ("static", "pool")
+
+
+def test_own_labels_use_the_configured_prefix() -> None:
+    inv = node(gpu("Tesla T4", 0), gpu("NVIDIA A100-SXM4-80GB", 1))
+    labels = node_labels(inv, LabelsConfig(prefix="gpu.example.com"))
+    assert labels["gpu.example.com/gpu.mixed"] == "true"
+    assert not any(k.startswith("nodeagent.io/") for k in labels)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", None),
+        ("true", None),
+        ("a.b_c-d", None),
+        ("x" * 63, None),
+        ("x" * 64, "a label value must be at most 63 characters"),
+        ("-a", "a label value must be empty or alphanumeric at both ends"),
+        ("a b", "a label value must be empty or alphanumeric at both ends"),
+        ("a/b", "a label value must be empty or alphanumeric at both ends"),
+        ("true\n", "a label value must be empty or alphanumeric at both ends"),
+    ],
+)
+def test_value_problem(value: str, problem: str | None) -> None:
+    got = value_problem(value)
+    if problem is None:
+        assert got is None
+    else:
+        assert got is not None and got.startswith(problem)
+    assert is_valid_value(value) is (problem is None)
+
+
 def test_machine_unknown_like_gfd_when_dmi_unreadable() -> None:
     assert node_labels(node(gpu("Tesla T4")), DEFAULT)["nvidia.com/gpu.machine"] == "unknown"
 
@@ -293,6 +340,8 @@ def test_every_label_is_valid_for_the_api_server(names, machine, driver, mem) ->
         ("/x", False),
         ("-x", False),
         ("a" * 64, False),
+        ("gpu\n", False),
+        ("example.com\n/x", False),
     ],
 )
 def test_label_key_problem(key: str, allowed: bool) -> None:

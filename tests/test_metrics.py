@@ -17,7 +17,6 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodeagent import fsutil
 from nodeagent.metrics import CONTENT_TYPE, Metrics, format_value
 
 
@@ -322,9 +321,18 @@ def test_textfile_is_never_seen_half_written(
     m.write_textfile(path)
     old = path.read_text()
 
-    # Stop the writer after the new text is in the temp file, before the rename.
+    # Stop the writer after the new text is in the temp file, before the rename (a
+    # test-side seam: os.replace pauses until the marker is removed).
     marker = tmp_path / "paused"
-    monkeypatch.setenv(fsutil.PAUSE_BEFORE_RENAME_ENV, str(marker))
+    real_replace = os.replace
+
+    def paused_replace(src: str, dst: str) -> None:
+        marker.write_text("paused")
+        while marker.exists():
+            time.sleep(0.01)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", paused_replace)
     for i in range(500):
         m.set("gpu_temperature_celsius", 50 + i % 40, {"uuid": f"GPU-{i:04d}"})
     writer = threading.Thread(target=m.write_textfile, args=(path,))

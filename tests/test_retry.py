@@ -87,3 +87,18 @@ def test_other_errors_are_not_retried() -> None:
 )
 def test_retry_after_header(headers: dict[str, str], expected: float | None) -> None:
     assert retry_after_seconds(headers) == expected
+
+
+def test_no_wait_reaches_past_the_deadline() -> None:
+    calls: list[float] = []
+
+    def always_busy() -> None:
+        calls.append(time.monotonic())
+        raise Retryable("busy", retry_after_s=30.0)  # the server asks for far more than is left
+
+    start = time.monotonic()
+    with pytest.raises(Retryable):
+        call_with_retry(always_busy, what="t", deadline_s=0.5, max_wait_s=30.0, rng=lambda: 0.99)
+    # The second try happens at the deadline (not 30 s later), and it is the last.
+    assert len(calls) == 2
+    assert calls[1] - start < 2.0

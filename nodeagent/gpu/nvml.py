@@ -3,7 +3,10 @@
 Failure modes are states, never tracebacks: no library is ``no-driver``; a failing
 ``nvmlInit`` is ``nvml-error`` with the NVML error's name; one GPU that fell off the bus is
 listed as ``lost`` while the others are still reported. A query a GPU does not support
-(power limit on some boards, MIG on pre-Ampere) leaves that field None.
+(power limit on some boards, MIG on pre-Ampere, memory on GB10, the fabric outside NVSwitch
+systems) leaves that field None: "not applicable", never a failure. Any other error of a
+health signal or measurement is recorded in ``GPU.signal_errors`` and the GPU is kept;
+only ``NVML_ERROR_GPU_IS_LOST`` turns the whole GPU ``lost``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import ctypes
 import re
 import threading
+import uuid as uuidlib
 from collections.abc import Iterator
 from typing import Any, Callable, Optional, TypeVar
 
@@ -24,8 +28,15 @@ from nodeagent.gpu.inventory import (
     STATE_NO_GPU,
     STATE_NVML_ERROR,
     STATE_OK,
+    Fabric,
+    FabricHealth,
+    FabricState,
     Inventory,
     MigDevice,
+    RecoveryAction,
+    RemappedRows,
+    Signal,
+    SignalError,
 )
 from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
@@ -33,6 +44,8 @@ from nodeagent.paths import HostRoot
 log = get_logger(__name__)
 
 T = TypeVar("T")
+
+MIB = 1024 * 1024
 
 # pynvml keeps the loaded library in a module global; detection swaps it when a
 # specific library is configured, so two detections must not interleave (see bound()).
@@ -54,6 +67,17 @@ def error_name(err: BaseException) -> str:
     return f"NVML_ERROR_{value}"
 
 
+def _not_applicable(e: BaseException) -> bool:
+    """NVML's "this GPU or driver does not have that": not a failure."""
+    import pynvml
+
+    return getattr(e, "value", None) in (
+        pynvml.NVML_ERROR_NOT_SUPPORTED,
+        pynvml.NVML_ERROR_NOT_FOUND,
+        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+    )
+
+
 def _query(fn: Callable[..., T], *args: Any) -> Optional[T]:
     """Call ``fn``; None for NOT_SUPPORTED / NOT_FOUND, re-raise any other NVML error."""
     import pynvml
@@ -61,13 +85,53 @@ def _query(fn: Callable[..., T], *args: Any) -> Optional[T]:
     try:
         return fn(*args)
     except pynvml.NVMLError as e:
-        if e.value in (
-            pynvml.NVML_ERROR_NOT_SUPPORTED,
-            pynvml.NVML_ERROR_NOT_FOUND,
-            pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
-        ):
+        if _not_applicable(e):
             return None
         raise
+
+
+class _Readings:
+    """Reads one GPU's signals: NOT_SUPPORTED is None, any other error is recorded (and
+    None), GPU_IS_LOST propagates so the whole GPU becomes ``lost``."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.errors: list[SignalError] = []
+
+    def read(self, signal: Signal, fn: Callable[..., T], *args: Any) -> Optional[T]:
+        import pynvml
+
+        try:
+            return fn(*args)
+        except pynvml.NVMLError as e:
+            if _not_applicable(e):
+                return None
+            if e.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+                raise
+            name = error_name(e)
+            log.warning("nvml.signal_unreadable", index=self.index, signal=signal.value, error=name)
+            self.errors.append(SignalError(signal, name))
+            return None
+
+
+def _newer_or_older(newer: str, older: str) -> Callable[..., Any]:
+    """pynvml's ``newer`` function, falling back to the deprecated ``older`` one when the
+    driver (or pynvml) lacks the newer entry point; FUNCTION_NOT_FOUND when neither is."""
+    import pynvml
+
+    def call(*args: Any) -> Any:
+        for name in (newer, older):
+            fn = getattr(pynvml, name, None)
+            if fn is None:  # this pynvml predates (or dropped) it
+                continue
+            try:
+                return fn(*args)
+            except pynvml.NVMLError as e:
+                if e.value != pynvml.NVML_ERROR_FUNCTION_NOT_FOUND or name == older:
+                    raise
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+
+    return call
 
 
 def as_text(v: object) -> Optional[str]:
@@ -232,7 +296,8 @@ def _read_gpu(index: int, handle: Any, name: Optional[str]) -> GPU:
 
     uuid = as_text(pynvml.nvmlDeviceGetUUID(handle))
     pci = pynvml.nvmlDeviceGetPciInfo(handle)
-    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    r = _Readings(index)
+    memory = r.read(Signal.MEMORY, pynvml.nvmlDeviceGetMemoryInfo, handle)
     cc = _query(pynvml.nvmlDeviceGetCudaComputeCapability, handle)
     major, minor = (int(cc[0]), int(cc[1])) if cc else (None, None)
     mig = _query(pynvml.nvmlDeviceGetMigMode, handle)
@@ -244,13 +309,37 @@ def _read_gpu(index: int, handle: Any, name: Optional[str]) -> GPU:
         if current == "enabled":
             mig_devices = _mig_devices(handle)
     power_mw = _query(pynvml.nvmlDeviceGetPowerManagementLimit, handle)
+    fabric = r.read(Signal.FABRIC, _fabric, handle)
+    rows = r.read(Signal.REMAPPED_ROWS, pynvml.nvmlDeviceGetRemappedRows, handle)
+    recovery = r.read(Signal.RECOVERY_ACTION, _recovery_action, handle)
+    pages = r.read(
+        Signal.RETIRED_PAGES_PENDING, pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle
+    )
+    ecc = r.read(
+        Signal.ECC_VOLATILE_UNCORRECTABLE,
+        pynvml.nvmlDeviceGetTotalEccErrors,
+        handle,
+        pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+        pynvml.NVML_VOLATILE_ECC,
+    )
+    persistence = r.read(Signal.PERSISTENCE_MODE, pynvml.nvmlDeviceGetPersistenceMode, handle)
+    util = r.read(Signal.UTILIZATION, pynvml.nvmlDeviceGetUtilizationRates, handle)
+    temperature = r.read(Signal.TEMPERATURE, _temperature, handle)
+    power_usage_mw = r.read(Signal.POWER_USAGE, pynvml.nvmlDeviceGetPowerUsage, handle)
+    clocks = r.read(
+        Signal.CLOCKS_EVENT_REASONS,
+        _newer_or_older(
+            "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"
+        ),
+        handle,
+    )
     return GPU(
         index=index,
         name=name,
         uuid=uuid,
         pci_bus_id=as_text(pci.busId),
         pci_device_id=f"0x{pci.pciDeviceId:08X}",
-        memory_total_mib=int(memory.total) // (1024 * 1024),
+        memory_total_mib=int(memory.total) // MIB if memory is not None else None,
         compute_major=major,
         compute_minor=minor,
         architecture=arch_family(major, minor),
@@ -259,6 +348,148 @@ def _read_gpu(index: int, handle: Any, name: Optional[str]) -> GPU:
         mig_mode_pending=pending,
         mig_devices=mig_devices,
         power_limit_w=power_mw / 1000.0 if power_mw is not None else None,
+        fabric=fabric,
+        remapped_rows=RemappedRows(
+            correctable=int(rows[0]),
+            uncorrectable=int(rows[1]),
+            pending=bool(rows[2]),
+            failure=bool(rows[3]),
+        )
+        if rows is not None
+        else None,
+        recovery_action=recovery,
+        retired_pages_pending=bool(pages) if pages is not None else None,
+        ecc_volatile_uncorrectable=int(ecc) if ecc is not None else None,
+        persistence_mode=(
+            persistence == pynvml.NVML_FEATURE_ENABLED if persistence is not None else None
+        ),
+        utilization_gpu_pct=int(util.gpu) if util is not None else None,
+        memory_used_mib=int(memory.used) // MIB if memory is not None else None,
+        temperature_c=int(temperature) if temperature is not None else None,
+        power_usage_w=power_usage_mw / 1000.0 if power_usage_mw is not None else None,
+        clocks_event_reasons=int(clocks) if clocks is not None else None,
+        signal_errors=tuple(r.errors),
+    )
+
+
+# nvml.h (the nvidia-nvml-dev wheel): #define NVML_FI_DEV_GET_GPU_RECOVERY_ACTION 230. The
+# installed pynvml defines it too; this covers an older pynvml that does not.
+NVML_FI_DEV_GET_GPU_RECOVERY_ACTION = 230
+
+# nvmlDeviceGpuRecoveryAction_t values (nvml.h) in order.
+_RECOVERY_ACTIONS = (
+    RecoveryAction.NONE,
+    RecoveryAction.GPU_RESET,
+    RecoveryAction.NODE_REBOOT,
+    RecoveryAction.DRAIN_P2P,
+    RecoveryAction.DRAIN_AND_RESET,
+    RecoveryAction.RECOVER_IMEX_DOMAIN,
+    RecoveryAction.BUS_RESET,
+    RecoveryAction.SYSTEM_REBOOT,
+)
+
+_FABRIC_STATES = (
+    FabricState.NOT_SUPPORTED,
+    FabricState.NOT_STARTED,
+    FabricState.IN_PROGRESS,
+    FabricState.COMPLETED,
+)
+
+_FABRIC_HEALTH = (
+    FabricHealth.NOT_SUPPORTED,
+    FabricHealth.HEALTHY,
+    FabricHealth.UNHEALTHY,
+    FabricHealth.LIMITED_CAPACITY,
+)
+
+
+def _temperature(handle: Any) -> int:
+    """The GPU core temperature in °C: ``nvmlDeviceGetTemperatureV`` (NVML 12.5xx+), the
+    deprecated ``nvmlDeviceGetTemperature`` on older drivers."""
+    import pynvml
+
+    read = _newer_or_older("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature")
+    return int(read(handle, pynvml.NVML_TEMPERATURE_GPU))
+
+
+def _recovery_action(handle: Any) -> RecoveryAction:
+    """The field ``NVML_FI_DEV_GET_GPU_RECOVERY_ACTION``; a field NVML does not have is
+    reported in the value's own ``nvmlReturn`` and raised like any NVML error."""
+    import pynvml
+
+    field = getattr(
+        pynvml, "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION", NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+    )
+    value = pynvml.nvmlDeviceGetFieldValues(handle, [field])[0]
+    if value.nvmlReturn != pynvml.NVML_SUCCESS:
+        raise pynvml.NVMLError(value.nvmlReturn)
+    raw = _field_int(value)
+    return _RECOVERY_ACTIONS[raw] if 0 <= raw < len(_RECOVERY_ACTIONS) else RecoveryAction.UNKNOWN
+
+
+def _field_int(value: Any) -> int:
+    """An integer field value by its ``valueType`` (``nvmlValueType_t``)."""
+    import pynvml
+
+    member = {
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+    }.get(value.valueType)
+    if member is None:  # a double: not what an enum field is
+        return int(value.value.dVal)
+    return int(getattr(value.value, member))
+
+
+def _fabric(handle: Any) -> Fabric:
+    """``nvmlDeviceGetGpuFabricInfoV`` with the newest struct pynvml and the driver share
+    (v3: health summary; v2: health mask), else the deprecated unversioned call."""
+    import pynvml
+
+    for struct in ("c_nvmlGpuFabricInfo_v3_t", "c_nvmlGpuFabricInfo_v2_t"):
+        cls = getattr(pynvml, struct, None)
+        if cls is None:
+            continue
+        info = cls()  # its __init__ sets the version field
+        try:
+            pynvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(info))
+        except pynvml.NVMLError as e:
+            if e.value == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH:
+                continue  # an older driver: try the older struct
+            if e.value == pynvml.NVML_ERROR_FUNCTION_NOT_FOUND:
+                break
+            raise
+        health = getattr(info, "healthSummary", None)
+        return _fabric_of(info, int(info.healthMask), health)
+    legacy = getattr(pynvml, "c_nvmlGpuFabricInfo_t", None)
+    if legacy is None:  # a pynvml older than the fabric API
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+    info = legacy()
+    pynvml.nvmlDeviceGetGpuFabricInfo(handle, ctypes.byref(info))
+    return _fabric_of(info, None, None)
+
+
+def _fabric_of(info: Any, mask: Optional[int], health: Optional[int]) -> Fabric:
+    import pynvml
+
+    # nvml.h's state is an unsigned char; pynvml reads 4 bytes: keep the low byte.
+    state = int(info.state) & 0xFF
+    uuid = bytes(info.clusterUuid)
+    status = int(info.status)
+    return Fabric(
+        state=_FABRIC_STATES[state] if state < len(_FABRIC_STATES) else FabricState.UNKNOWN,
+        status="NVML_SUCCESS"
+        if status == pynvml.NVML_SUCCESS
+        else error_name(pynvml.NVMLError(status)),
+        clique_id=int(info.cliqueId),
+        cluster_uuid=str(uuidlib.UUID(bytes=uuid)) if any(uuid) else None,
+        health_mask=mask,
+        health=_FABRIC_HEALTH[health]
+        if health is not None and health < len(_FABRIC_HEALTH)
+        else None,
     )
 
 
@@ -281,7 +512,7 @@ def _mig_devices(handle: Any) -> tuple[MigDevice, ...]:
                 profile=mig_profile(name),
                 gpu_instance_id=int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
                 compute_instance_id=int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
-                memory_total_mib=int(pynvml.nvmlDeviceGetMemoryInfo(mig).total) // (1024 * 1024),
+                memory_total_mib=int(pynvml.nvmlDeviceGetMemoryInfo(mig).total) // MIB,
                 multiprocessor_count=int(attrs.multiprocessorCount) if attrs else None,
                 gpu_instance_slices=int(attrs.gpuInstanceSliceCount) if attrs else None,
                 compute_instance_slices=int(attrs.computeInstanceSliceCount) if attrs else None,
@@ -291,8 +522,7 @@ def _mig_devices(handle: Any) -> tuple[MigDevice, ...]:
 
 
 def _machine(root: HostRoot) -> Optional[str]:
-    try:
-        text = root.path("/sys/class/dmi/id/product_name").read_text(errors="replace").strip()
-    except OSError:
-        return None
+    from nodeagent.host.reader import read_optional
+
+    text = (read_optional(root.path("/sys/class/dmi/id/product_name")) or "").strip()
     return text or None

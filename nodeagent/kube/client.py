@@ -13,14 +13,23 @@ with three things it does not do by itself:
   kubeconfig, or a certificate, key or token file it names, changes (inode, size, mtime).
 * **plain dicts**: responses are read as JSON (``_preload_content=False``), not the
   generated models, so fields the client does not know survive and patches stay data.
+* **a true deadline**: every request's socket timeout is bounded by what is left of the
+  call's deadline, and "gave up after N s" states the time that really passed.
+
+The kubeconfig is read through the one host reader and shape-checked here
+(:func:`read_kubeconfig`) before the kubernetes loader sees it, so a garbage file is one
+line (exit 2) for ``run``, ``apply`` and ``check``'s credential probe alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import math
 import os
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +45,18 @@ T = TypeVar("T")
 
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+# A deadline that is not a finite, positive number of seconds (config validation refuses
+# those; this client does not trust it) becomes the default, a huge one the cap.
+DEFAULT_DEADLINE_S = 60.0
+MAX_DEADLINE_S = 3600.0
+
+
+def bounded_s(value: float, default: float = DEFAULT_DEADLINE_S) -> float:
+    """``value`` as a usable wait: NaN or <= 0 is ``default``, above an hour is an hour."""
+    if math.isnan(value) or value <= 0:
+        return default
+    return min(value, MAX_DEADLINE_S)
 
 
 class Conflict(Exception):
@@ -58,28 +79,96 @@ def _file_stamp(path: Path) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def credential_files(kubeconfig: Path) -> list[Path]:
-    """The kubeconfig and every file of the current user's credential it names."""
+@dataclasses.dataclass(frozen=True)
+class Kubeconfig:
+    """What the agent needs to know of a kubeconfig: the files its current context names."""
+
+    path: Path
+    server: str
+    ca_file: Optional[Path] = None
+    cert_file: Optional[Path] = None
+    key_file: Optional[Path] = None
+    token_file: Optional[Path] = None
+
+    @property
+    def files(self) -> list[Path]:
+        """The kubeconfig and every file of its current context (watched for rotation)."""
+        named = (self.ca_file, self.cert_file, self.key_file, self.token_file)
+        return [self.path, *(p for p in named if p is not None)]
+
+
+def _named(doc: dict[str, Any], shown: str, section: str, name: object) -> dict[str, Any]:
+    """The ``section`` entry (clusters, users, contexts) called ``name``: its inner mapping."""
+    from nodeagent.host.reader import expect
+
+    entries = doc.get(section)
+    expect(entries, list, shown, section)
+    assert isinstance(entries, list)
+    for i, entry in enumerate(entries):
+        expect(entry, dict, shown, f"{section}[{i}]")
+        if entry.get("name") == name:
+            key = section[:-1]  # clusters[i].cluster, users[i].user, contexts[i].context
+            inner = entry.get(key)
+            expect(inner, dict, shown, f"{section}[{i}].{key}")
+            assert isinstance(inner, dict)
+            return inner
+    raise InputError(f"{shown}: no entry in '{section}' named {name!r}")
+
+
+def read_kubeconfig(path: Path, shown: Optional[str] = None) -> Kubeconfig:
+    """The kubeconfig at ``path``, read by the one host reader and shape-checked: a mapping
+    whose ``current-context`` names a context whose cluster and user exist. Raises
+    :class:`InputError` naming the file (and the key) for anything else."""
     import yaml
 
-    files = [kubeconfig]
+    from nodeagent.host.reader import expect, read_text
+
+    shown = shown or str(path)
+    text = read_text(path, shown)
+    if text is None:
+        raise InputError(f"{shown}: kubeconfig not found (set kube.kubeconfig)")
     try:
-        doc = yaml.safe_load(kubeconfig.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return files
-    ctx_name = doc.get("current-context")
-    ctx = next(
-        (c.get("context") or {} for c in doc.get("contexts") or [] if c.get("name") == ctx_name), {}
+        doc = yaml.safe_load(text.text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{shown}{where}: invalid YAML: {e.problem or e}") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise InputError(f"{shown}: invalid YAML: {type(e).__name__}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{shown}: a kubeconfig is a mapping, not {_type(doc)}")
+    current = doc.get("current-context")
+    if not current:
+        raise InputError(f"{shown}: no current-context")
+    expect(current, str, shown, "current-context")
+    ctx = _named(doc, shown, "contexts", current)
+    cluster = _named(doc, shown, "clusters", ctx.get("cluster"))
+    user = _named(doc, shown, "users", ctx.get("user"))
+    server = cluster.get("server")
+    expect(server, str, shown, "clusters[].cluster.server", "the API server's URL")
+
+    def file(section: dict[str, Any], key: str, where: str) -> Optional[Path]:
+        value = section.get(key)
+        if value is None or value == "":
+            return None
+        expect(value, str, shown, f"{where}.{key}", "a file path")
+        p = Path(value)
+        return p if p.is_absolute() else path.parent / p
+
+    return Kubeconfig(
+        path=path,
+        server=str(server),
+        ca_file=file(cluster, "certificate-authority", "clusters[].cluster"),
+        cert_file=file(user, "client-certificate", "users[].user"),
+        key_file=file(user, "client-key", "users[].user"),
+        token_file=file(user, "tokenFile", "users[].user"),
     )
-    user = next(
-        (u.get("user") or {} for u in doc.get("users") or [] if u.get("name") == ctx.get("user")),
-        {},
-    )
-    for key in ("client-certificate", "client-key", "tokenFile"):
-        if user.get(key):
-            p = Path(user[key])
-            files.append(p if p.is_absolute() else kubeconfig.parent / p)
-    return files
+
+
+def _type(value: object) -> str:
+    from nodeagent.host.reader import type_name
+
+    return type_name(value)
 
 
 def certificate_not_after(path: Path) -> Optional[datetime.datetime]:
@@ -106,7 +195,9 @@ class KubeAPI:
         self.kubeconfig = kubeconfig
         self.source = str(kubeconfig) if kubeconfig else "the in-cluster service account"
         self.deadline_s = deadline_s
-        self.request_timeout_s = request_timeout_s
+        self.request_timeout_s = bounded_s(request_timeout_s, 10.0)
+        # The monotonic end of this thread's call in progress (the controller calls from two).
+        self._calls = threading.local()
         self.event_namespace = event_namespace
         self._stamp: tuple[tuple[int, int, int], ...] = ()
         self._files: list[Path] = []
@@ -114,6 +205,15 @@ class KubeAPI:
         self._api_client: Any = None
         self._cert_file: Optional[str] = None  # of the credential in use, for TLS errors
         self._server = ""
+
+    @property
+    def deadline_s(self) -> float:
+        """How long one call may take, retries included (finite, positive, at most 1 h)."""
+        return self._deadline_s
+
+    @deadline_s.setter
+    def deadline_s(self, value: float) -> None:
+        self._deadline_s = bounded_s(value)
 
     # --- the client and its credential --------------------------------------------------
 
@@ -139,9 +239,7 @@ class KubeAPI:
                 raise InputError(f"in-cluster credential: {e} (or pass --kubeconfig)") from None
             self._finish(cfg)
             return
-        if not self.kubeconfig.is_file():
-            raise InputError(f"{self.kubeconfig}: kubeconfig not found (set kube.kubeconfig)")
-        self._files = credential_files(self.kubeconfig)
+        self._files = read_kubeconfig(self.kubeconfig).files
         for f in self._files[1:]:
             if not os.access(f, os.R_OK):
                 raise InputError(f"{self.kubeconfig}: credential file {f} is missing or unreadable")
@@ -203,10 +301,15 @@ class KubeAPI:
             except (HTTPError, OSError) as e:
                 raise Retryable(f"{what}: {type(e).__name__}: {e}") from None
 
+        start = time.monotonic()
+        self._calls.end = start + self.deadline_s
         try:
             return call_with_retry(attempt, what=what, deadline_s=self.deadline_s)
         except Retryable as e:
-            raise StepFailed(f"{what}: gave up after {self.deadline_s:.0f} s: {e}") from None
+            took = time.monotonic() - start
+            raise StepFailed(f"{what}: gave up after {took:.0f} s: {e}") from None
+        finally:
+            self._calls.end = None
 
     def _refused(self, what: str, status: int, message: str) -> APIRefused:
         if status == 401:
@@ -237,10 +340,18 @@ class KubeAPI:
             )
         return f"{self.source}: TLS with {self._server or '?'} failed: {_short(text)}"
 
+    def _timeout_s(self) -> float:
+        """This request's socket timeout: the request timeout, but never past the deadline
+        of the call in progress (a tenth of a second at least, to fail rather than hang)."""
+        end: Optional[float] = getattr(self._calls, "end", None)
+        if end is None:
+            return self.request_timeout_s
+        return max(0.1, min(self.request_timeout_s, end - time.monotonic()))
+
     def _kw(self) -> dict[str, Any]:
         """Raw JSON back (no model decoding), a connect and read timeout on every call."""
-        timeout = (self.request_timeout_s, self.request_timeout_s)
-        return {"_preload_content": False, "_request_timeout": timeout}
+        timeout = self._timeout_s()
+        return {"_preload_content": False, "_request_timeout": (timeout, timeout)}
 
     # --- calls on any Node (the controller) --------------------------------------------
 
@@ -287,7 +398,7 @@ class KubeAPI:
                 timeout_seconds=timeout_s,
                 allow_watch_bookmarks=True,
                 _preload_content=False,
-                _request_timeout=(self.request_timeout_s, timeout_s + 5),
+                _request_timeout=(self._timeout_s(), timeout_s + 5),
             )
 
         resp = self._call("watch nodes", open_stream)
@@ -343,6 +454,7 @@ class NodeAPI(KubeAPI):
     def wait_for_node(self, deadline_s: float) -> dict[str, Any]:
         """The Node, waiting for it to be registered: one watch on its name, re-established
         (bounded, logged) when the server ends it, until ``deadline_s`` passes."""
+        deadline_s = bounded_s(deadline_s)
         end = time.monotonic() + deadline_s
         rv = ""
         while True:

@@ -14,6 +14,10 @@ One watch, no polling: the grace period is a timer per node, woken in the same l
 patch carries the Node's ``resourceVersion`` as a precondition (``spec.taints`` has no patch
 merge key, so a patch replaces the whole list): a taint another controller added in between
 is a 409, and the node is re-read and decided again, never lost.
+
+An API server that refuses (403), fails (5xx) or cannot be reached never ends the
+controller: the watch and each node's patch back off (full jitter, bounded) and try again,
+logged. SIGTERM stops it at once, even mid-retry (:class:`Terminated`).
 """
 
 from __future__ import annotations
@@ -21,18 +25,30 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import queue
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from nodeagent.errors import describe
 from nodeagent.kube.client import Conflict, KubeAPI
 from nodeagent.kube.patches import epoch, find_condition
 from nodeagent.log import get_logger
+from nodeagent.retry import backoff_s
 
 log = get_logger(__name__)
 
 NO_SCHEDULE = "NoSchedule"
+
+# Backoff after a failed list/watch or patch: full jitter from INITIAL doubling up to MAX.
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class Terminated(BaseException):
+    """Raised into the main thread by the SIGTERM handler: out of any wait at once (an API
+    call's retries included). A BaseException, so no ``except Exception`` swallows it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +103,23 @@ def taint_patch(node: Mapping[str, Any], taints: list[dict[str, Any]]) -> dict[s
 class Controller:
     """The loop: one watch over all Nodes feeding a queue; timers for grace periods."""
 
-    def __init__(self, api: KubeAPI, rules: Rules, *, watch_timeout_s: int = 300) -> None:
+    def __init__(
+        self,
+        api: KubeAPI,
+        rules: Rules,
+        *,
+        watch_timeout_s: int = 300,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         self.api = api
         self.rules = rules
         self.watch_timeout_s = watch_timeout_s
+        self.rng = rng
         self.nodes: dict[str, dict[str, Any]] = {}
         self._timers: list[tuple[float, str]] = []
         self._events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._stop = threading.Event()
+        self._failures: dict[str, int] = {}  # node -> patches failed in a row
         self.patches = 0
 
     def stop(self) -> None:
@@ -103,15 +128,19 @@ class Controller:
 
     def _watcher(self) -> None:
         """Feed the queue: list, then watch from the list's version, re-watch when the server
-        ends a watch, re-list on 410 Gone. Errors back off (the client's retry policy)."""
+        ends a watch, re-list on 410 Gone. A failure (after the client's own retries: an
+        outage, a 403, a 5xx) backs off and starts again; it never ends the controller."""
         rv = ""
+        failures = 0
         while not self._stop.is_set():
             try:
                 if not rv:
                     items, rv = self.api.list_nodes()
+                    failures = 0
                     for item in items:
                         self._events.put(("SYNC", item))
                 for kind, obj in self.api.watch_nodes(rv, self.watch_timeout_s):
+                    failures = 0
                     if self._stop.is_set():
                         return
                     if kind == "ERROR":
@@ -120,9 +149,20 @@ class Controller:
                     rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
                     if kind != "BOOKMARK":
                         self._events.put((kind, obj))
-            except Exception as e:  # keep watching; the API client already retried
-                log.warning("controller.watch_failed", error=str(e))
-                self._stop.wait(1.0)
+            except Exception as e:
+                failures += 1
+                wait = self._backoff(failures)
+                log.warning(
+                    "controller.watch_failed",
+                    error=describe(e),
+                    attempt=failures,
+                    retry_in_s=round(wait, 2),
+                )
+                rv = ""  # list again: events may have been missed meanwhile
+                self._stop.wait(wait)
+
+    def _backoff(self, failures: int) -> float:
+        return max(0.1, backoff_s(failures, None, BACKOFF_INITIAL_S, BACKOFF_MAX_S, self.rng()))
 
     def run(self, until: Optional[float] = None) -> None:
         """Run until :meth:`stop` (or the monotonic time ``until``, for tests)."""
@@ -138,11 +178,13 @@ class Controller:
             if kind == "STOP":
                 break
             if kind == "DELETED":
-                self.nodes.pop((obj.get("metadata") or {}).get("name", ""), None)
+                name = (obj.get("metadata") or {}).get("name", "")
+                self.nodes.pop(name, None)
+                self._failures.pop(name, None)
             elif kind:
                 name = (obj.get("metadata") or {}).get("name", "")
                 self.nodes[name] = obj
-                self.reconcile(name)
+                self._reconcile_or_retry(name)
             self._fire_timers()
             if until is not None and time.monotonic() >= until:
                 break
@@ -152,7 +194,26 @@ class Controller:
         while self._timers and self._timers[0][0] <= now:
             _, name = heapq.heappop(self._timers)
             if name in self.nodes:
-                self.reconcile(name)
+                self._reconcile_or_retry(name)
+
+    def _reconcile_or_retry(self, name: str) -> None:
+        """:meth:`reconcile`; when it fails, log it and look at the node again later."""
+        try:
+            self.reconcile(name)
+        except Exception as e:
+            failures = self._failures.get(name, 0) + 1
+            self._failures[name] = failures
+            wait = self._backoff(failures)
+            log.warning(
+                "controller.reconcile_failed",
+                node=name,
+                error=describe(e),
+                attempt=failures,
+                retry_in_s=round(wait, 2),
+            )
+            heapq.heappush(self._timers, (time.time() + wait, name))
+        else:
+            self._failures.pop(name, None)
 
     def reconcile(self, name: str) -> None:
         """Decide for node ``name`` and patch; on a conflict, re-read and decide again."""

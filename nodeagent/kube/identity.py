@@ -11,7 +11,7 @@ import socket
 from typing import Callable, Optional
 
 from nodeagent.config import Config
-from nodeagent.fsutil import read_text_or_none
+from nodeagent.host.reader import read_optional, read_text
 from nodeagent.kube import kubeletargs
 from nodeagent.paths import HostRoot
 
@@ -34,12 +34,13 @@ def node_name(
     """The Node's name for this host (see module doc for the order)."""
     if cfg.node_name:
         return cfg.node_name
-    path = extra_args_path or kubeletargs.detect_path(
-        read_text_or_none(root.path("/etc/os-release"))
-    )
-    text = read_text_or_none(root.path(path))
-    if text:
-        override = hostname_override(kubeletargs.parse(text, path).args)
+    # /etc/os-release only picks the args file's default path (absent or unreadable: the
+    # Debian one). The args file is input: a FIFO, a directory or undecodable bytes in it
+    # are one-line errors.
+    path = extra_args_path or kubeletargs.detect_path(read_optional(root.path("/etc/os-release")))
+    current = read_text(root.path(path), path)
+    if current is not None:
+        override = hostname_override(kubeletargs.parse(current.text, path).args)
         if override:
             return override.lower()
     return gethostname().strip().lower()

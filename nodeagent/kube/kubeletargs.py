@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from typing import Optional
 
 from nodeagent.errors import InputError
-from nodeagent.fsutil import read_text_or_none
+from nodeagent.host.change import FileChange
+from nodeagent.host.reader import read_text
 from nodeagent.paths import HostRoot
-from nodeagent.runtime.engine import FileChange
 
 VAR = "KUBELET_EXTRA_ARGS"
 MARKER = "# nodeagent: owned node labels:"
@@ -178,8 +178,9 @@ def plan(
 ) -> FileChange:
     """The change to the extra-args file at ``host_path`` (read only; nothing written)."""
     path = root.path(host_path)
-    old = read_text_or_none(path)
+    current = read_text(path, host_path)
+    old = current.text if current is not None else None
     new = render(old, merge(parse(old or "", host_path), labels, taint))
     if old is not None and parse(old, host_path) == parse(new, host_path):
         new = old  # same flags and ownership: leave the file's bytes alone
-    return FileChange(path=path, host_path=host_path, old=old, new=new)
+    return FileChange.of(path, host_path, current, new)

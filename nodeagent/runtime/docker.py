@@ -2,19 +2,33 @@
 
 The walk (see :mod:`nodeagent.runtime.engine`): ``read`` gathers the facts (the file, how
 dockerd is started, whether it runs, whether the runtime binary exists); ``plan`` is pure;
-``apply`` is the only place that writes or signals. docs/runtime.md explains the choices.
+``apply`` is the only place that writes or signals. daemon.json is read by the host reader
+and written by the host writer (:mod:`nodeagent.host`): under the host lock, re-read and
+compared, backed up, written through symlinks with its line endings and mode kept, and put
+back exactly by its restore handle when docker does not take it. docs/runtime.md explains
+the choices.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from nodeagent.config import Config
-from nodeagent.errors import InputError, StepFailed
-from nodeagent.fsutil import Backups, FileMeta, HostLock, read_text_or_none, write_atomic
+from nodeagent.errors import InputError, NodeagentError, StepFailed
+from nodeagent.host.change import FileChange
+from nodeagent.host.reader import (
+    FileMeta,
+    HostText,
+    decode,
+    expect,
+    read_bytes,
+    read_text,
+)
+from nodeagent.host.writer import Restore, Writer
 from nodeagent.log import get_logger
 from nodeagent.paths import HostRoot
 from nodeagent.retry import wait_until
@@ -24,11 +38,10 @@ from nodeagent.runtime.engine import (
     ACTIVATE_RELOAD,
     ACTIVATE_RESTART,
     ApplyResult,
-    FileChange,
     Plan,
 )
 from nodeagent.runtime.select import unix_socket_path
-from nodeagent.runtime.service import ServiceControl, succeeded
+from nodeagent.runtime.service import ServiceControl
 
 log = get_logger(__name__)
 
@@ -51,22 +64,55 @@ RELOADABLE_KEYS = frozenset(
         "features",
     }
 )
+# dockerd's own default runtime: what `--no-default` puts back in `default-runtime`.
+DOCKER_DEFAULT_RUNTIME = "runc"
 
 
 @dataclasses.dataclass(frozen=True)
 class DockerFacts:
     """Everything ``plan`` needs, read from the host by ``read``."""
 
-    text: Optional[str]  # daemon.json as it is, None if absent
+    current: Optional[HostText]  # daemon.json as read, None if absent
     doc: jsonedit.JSONDoc
     flag_sources: tuple[dockerflags.FlagSource, ...]
     running: bool  # docker's API socket exists
-    can_signal: bool  # we may reload/restart this docker (see DockerEngine.read)
+    can_signal: bool  # we may reload/restart this docker (see DockerEngine._can_signal)
     runtime_found: bool
 
 
+def check_shape(data: dict[str, Any], text: str, shown: str, name: str) -> None:
+    """Raise ``InputError`` (``SHOWN:LINE:COL: 'KEYPATH' must be …, not …``) unless every
+    key the engine reads or writes has the type dockerd expects."""
+
+    def at(*keys: str) -> str:
+        line, col = jsonedit.key_position(text, *keys)
+        return f"{shown}:{line}:{col}"
+
+    if "runtimes" in data:
+        runtimes = data["runtimes"]
+        expect(runtimes, dict, at("runtimes"), "runtimes")
+        if name in runtimes:
+            entry = runtimes[name]
+            keypath = f"runtimes.{name}"
+            expect(entry, dict, at("runtimes", name), keypath)
+            if "path" in entry:
+                expect(entry["path"], str, at("runtimes", name, "path"), f"{keypath}.path")
+            if "runtimeArgs" in entry:
+                where = at("runtimes", name, "runtimeArgs")
+                args = entry["runtimeArgs"]
+                expect(args, list, where, f"{keypath}.runtimeArgs", "a list of strings")
+                for i, arg in enumerate(args):
+                    expect(arg, str, where, f"{keypath}.runtimeArgs[{i}]")
+    if "default-runtime" in data:
+        expect(data["default-runtime"], str, at("default-runtime"), "default-runtime")
+    if "live-restore" in data:
+        expect(data["live-restore"], bool, at("live-restore"), "live-restore")
+
+
 def desired(data: dict[str, Any], name: str, path: str, set_default: bool) -> dict[str, Any]:
-    """Pure: ``data`` with ``runtimes.<name>`` (and ``default-runtime``) set, keys in place."""
+    """Pure: ``data`` with ``runtimes.<name>`` set, keys in place; ``default-runtime`` set
+    to it, or — when it must not be the default but is — put back to docker's own
+    (a changed value is reloadable; a removed key would stay in effect until a restart)."""
     out = copy.deepcopy(data)
     runtimes = out.setdefault("runtimes", {})
     entry = dict(runtimes.get(name) or {})
@@ -75,11 +121,32 @@ def desired(data: dict[str, Any], name: str, path: str, set_default: bool) -> di
     runtimes[name] = entry
     if set_default:
         out["default-runtime"] = name
+    elif out.get("default-runtime") == name:
+        out["default-runtime"] = DOCKER_DEFAULT_RUNTIME
     return out
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
     return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+
+
+def _attempt(action: Callable[[], None]) -> Optional[str]:
+    """Run a reload/restart: None when it succeeded, else its one-line error."""
+    try:
+        action()
+    except StepFailed as e:
+        log.warning("docker.service_action_failed", error=str(e))
+        return str(e)
+    return None
+
+
+def _undo(restore: Restore) -> Optional[str]:
+    """Put the old file back: None when done, else why not."""
+    try:
+        restore.undo()
+    except NodeagentError as e:
+        return str(e)
+    return None
 
 
 class DockerEngine:
@@ -97,33 +164,42 @@ class DockerEngine:
 
     # --- facts --------------------------------------------------------------------------
 
-    def read(self) -> DockerFacts:
-        text = read_text_or_none(self.path)
-        doc = jsonedit.parse(text or "", self.host_path)
-        runtimes = doc.data.get("runtimes")
-        if runtimes is not None and not isinstance(runtimes, dict):
-            line, col = jsonedit.key_position(text or "", "runtimes")
-            raise InputError(f"{self.host_path}:{line}:{col}: 'runtimes' must be an object")
-        if isinstance(runtimes, dict) and not isinstance(runtimes.get(self.rt.name, {}), dict):
-            line, col = jsonedit.key_position(text or "", self.rt.name)
-            raise InputError(
-                f"{self.host_path}:{line}:{col}: 'runtimes.{self.rt.name}' must be an object"
-            )
+    def _load(self) -> tuple[Optional[HostText], jsonedit.JSONDoc]:
+        """daemon.json as read (symlinks followed inside the root) and parsed, every key
+        the engine touches shape-checked; InputError naming the file otherwise."""
+        real, _ = self.root.resolve(self.host_path)
+        current = read_text(real, self.host_path)
+        text = current.text if current is not None else ""
+        doc = jsonedit.parse(text, self.host_path)
+        check_shape(doc.data, text, self.host_path, self.rt.name)
+        return current, doc
+
+    def _running(self) -> bool:
         sock = unix_socket_path(self.dc.host)
-        running = sock is not None and Path(sock).is_socket()
+        return sock is not None and Path(sock).is_socket()
+
+    def _can_signal(self) -> bool:
         # With --root pointing elsewhere (image baking), the docker answering on this
         # machine is not the one whose file we edit: only explicit controls may touch it.
         explicit = bool(self.dc.pidfile or self.dc.reload_command or self.dc.restart_command)
+        return self.root.is_real_host or explicit
+
+    def read(self) -> DockerFacts:
+        current, doc = self._load()
         return DockerFacts(
-            text=text,
+            current=current,
             doc=doc,
             flag_sources=tuple(dockerflags.collect(self.root)),
-            running=running,
-            can_signal=self.root.is_real_host or explicit,
+            running=self._running(),
+            can_signal=self._can_signal(),
             runtime_found=self.root.which(self.rt.path) is not None,
         )
 
     # --- the pure part ------------------------------------------------------------------
+
+    def mismatches(self, current: object) -> tuple[str, ...]:
+        """None for docker: every runtime runs under dockerd's one cgroup driver."""
+        return ()
 
     def plan(self, current: object) -> Plan:
         assert isinstance(current, DockerFacts)
@@ -152,7 +228,7 @@ class DockerEngine:
                 raise StepFailed(msg)
             warnings.append(msg)
         new_text = jsonedit.render(dataclasses.replace(f.doc, data=new_data))
-        change = FileChange(path=self.path, host_path=self.host_path, old=f.text, new=new_text)
+        change = FileChange.of(self.path, self.host_path, f.current, new_text)
         activation, reason = self._activation(f, keys)
         return Plan(
             engine=self.name,
@@ -183,83 +259,115 @@ class DockerEngine:
 
     # --- the imperative shell -----------------------------------------------------------
 
+    def _writer(self) -> Writer:
+        c = self.config
+        return Writer(self.root, c.lock_file, c.backup_dir, c.backup_keep)
+
     def _service(self) -> ServiceControl:
+        pidfile = self.root.resolve(self.dc.pidfile)[0] if self.dc.pidfile else None
         return ServiceControl(
             unit=self.dc.service,
             reload_command=self.dc.reload_command,
             restart_command=self.dc.restart_command,
-            pidfile=self.root.path(self.dc.pidfile) if self.dc.pidfile else None,
+            pidfile=pidfile,
+            pidfile_shown=self.dc.pidfile or "",
+            process="dockerd",
         )
 
     def apply(self, plan: Plan) -> ApplyResult:
         if not plan.changed:
-            return ApplyResult(engine=self.name, verified=True, message="unchanged")
-        backups = Backups(self.root.path(self.config.backup_dir), self.config.backup_keep)
-        with HostLock(self.root.path(self.config.lock_file)):
-            if read_text_or_none(self.path) != plan.changes[0].old:
+            return ApplyResult(engine=self.name, message="unchanged")
+        with self._writer().session() as s:
+            if s.raced(plan.changes):
                 # Another writer (another agent) got there first: plan again under the lock.
+                log.info("docker.replan", path=self.host_path)
                 plan = self.plan(self.read())
                 if not plan.changed:
-                    return ApplyResult(engine=self.name, verified=True, message="unchanged")
+                    return ApplyResult(
+                        engine=self.name,
+                        message="unchanged (another run had already configured it)",
+                    )
             (change,) = plan.changes
             if plan.activation == ACTIVATE_RESTART:
-                self._refuse_surprise_restart(change.old)
-            backup = backups.save(self.path)
-            meta = FileMeta.of(self.path, FileMeta(uid=0, gid=0, mode=0o644))
-            write_atomic(self.path, change.new, meta)
-            log.info("docker.written", path=self.host_path, backup=str(backup or ""))
+                self._refuse_surprise_restart(change.new)
+            restore = s.apply(change)
             if plan.activation == ACTIVATE_NONE:
                 return ApplyResult(
                     engine=self.name,
                     written=(self.host_path,),
-                    message=plan.reason,
+                    message=f"docker not reloaded or restarted: {plan.reason}",
                 )
-            return self._activate(plan.activation, change, backup)
+            return self._activate(plan.activation, change, restore)
 
-    def _activate(self, activation: str, change: FileChange, backup: Optional[Path]) -> ApplyResult:
+    def _activate(self, activation: str, change: FileChange, restore: Restore) -> ApplyResult:
         svc = self._service()
+        written = (self.host_path,)
+        default = self._expected_default(change.new)
+        why = ""
         if activation == ACTIVATE_RELOAD:
-            if self._try(svc.reload) and self._wait_verified():
+            failed = _attempt(svc.reload)
+            if failed is None and self._wait_verified(default):
                 return ApplyResult(
                     engine=self.name,
-                    written=(self.host_path,),
+                    written=written,
                     activation=ACTIVATE_RELOAD,
                     verified=True,
+                    message="reloaded docker; it shows the nvidia runtime",
                 )
-            log.warning("docker.reload_did_not_take")
-            if self.rt.restart_mode != "auto" or self._live_containers_at_risk(change.new):
-                self._restore(change, backup)
-                svc.reload()
-                raise StepFailed(
-                    f"docker did not take the new {self.host_path} on reload (see docker's "
-                    "log); the old file is restored. A restart would stop running containers: "
-                    "run with --allow-restart to allow it"
+            why = (
+                f"reloading docker failed ({failed})"
+                if failed is not None
+                else f"docker did not take the new {self.host_path} on reload (see docker's log)"
+            )
+            log.warning("docker.reload_did_not_take", why=why)
+            mode = self.rt.restart_mode
+            if mode != "auto" or self._live_containers_at_risk(change.new):
+                undo_failed = _undo(restore)
+                if undo_failed is not None:
+                    raise StepFailed(f"{why}; could NOT restore the old file: {undo_failed}")
+                # A reload that ran may have applied part of the file: re-read the old one.
+                again = "" if failed is not None else _attempt(svc.reload)
+                state = "" if not again else f" (reloading docker with it failed: {again})"
+                hint = (
+                    "restart_mode reload allows no restart"
+                    if mode == "reload"
+                    else "a restart would stop running containers: run with --allow-restart "
+                    "to allow it"
                 )
-        if self._try(svc.restart) and self._wait_verified():
+                raise StepFailed(f"{why}; the old file is restored{state}. {hint}")
+        failed = _attempt(svc.restart)
+        if failed is None and self._wait_verified(default):
             return ApplyResult(
                 engine=self.name,
-                written=(self.host_path,),
+                written=written,
                 activation=ACTIVATE_RESTART,
                 verified=True,
-                message="reload did not take; restarted" if activation == ACTIVATE_RELOAD else "",
+                message=(f"{why}; " if why else "")
+                + "restarted docker; it shows the nvidia runtime",
             )
         # Docker did not come back with the runtime: put the old file back, restart once
         # more (one restart + one rollback restart fits docker.service's StartLimitBurst=3).
-        self._restore(change, backup)
-        back = self._try(svc.restart) and self._wait_ping()
-        raise StepFailed(
-            f"docker did not come back with the nvidia runtime after a restart; restored the "
-            f"previous {self.host_path} and restarted docker "
-            + ("(it is running again)" if back else "(it is NOT answering: check its log)")
+        what = (
+            f"restarting docker failed ({failed})"
+            if failed is not None
+            else "docker did not come back with the nvidia runtime after a restart"
         )
-
-    def _restore(self, change: FileChange, backup: Optional[Path]) -> None:
-        if change.old is None:
-            self.path.unlink(missing_ok=True)
+        undo_failed = _undo(restore)
+        if undo_failed is not None:
+            raise StepFailed(f"{what}; could NOT restore the previous file: {undo_failed}")
+        again = _attempt(svc.restart)
+        if again is not None:
+            state = f"restarting docker with it failed too ({again})"
+        elif self._wait_ping():
+            state = "restarted docker with it (it is running again)"
         else:
-            meta = FileMeta.of(backup) if backup else FileMeta.of(self.path)
-            write_atomic(self.path, change.old, meta)
-        log.warning("docker.rolled_back", path=self.host_path)
+            state = "restarted docker with it, but it is NOT answering: check its log"
+        raise StepFailed(f"{what}; restored the previous {self.host_path}; {state}")
+
+    def _expected_default(self, text: Optional[str]) -> Optional[str]:
+        """The ``default-runtime`` the file names (dockerd must then report it)."""
+        value = jsonedit.parse(text or "", self.host_path).data.get("default-runtime")
+        return value if isinstance(value, str) else None
 
     def _client(self) -> Any:
         import docker  # lazy: planning and --dry-run never import the SDK
@@ -267,11 +375,11 @@ class DockerEngine:
         return docker.DockerClient(base_url=self.dc.host, timeout=5)
 
     def _live_containers_at_risk(self, text: Optional[str]) -> bool:
-        """Whether a restart now would stop running containers (live-restore off)."""
+        """Whether a restart now would stop running containers (live-restore off in
+        ``text``, the file docker would restart with)."""
         if self.rt.allow_restart:
             return False
-        doc = jsonedit.parse(text or "", self.host_path)
-        if doc.data.get("live-restore") is True:
+        if jsonedit.parse(text or "", self.host_path).data.get("live-restore") is True:
             return False
         try:
             client = self._client()
@@ -291,28 +399,40 @@ class DockerEngine:
                 "runtime.allow_restart), or enable live-restore first"
             )
 
-    def verify(self) -> bool:
-        """One look: docker answers and lists the runtime (as default, if asked)."""
+    def _info(self) -> Optional[dict[str, Any]]:
         try:
             client = self._client()
             try:
                 client.ping()
-                info = client.info()
+                info: dict[str, Any] = client.info()
             finally:
                 client.close()
         except Exception as e:
             log.info("docker.verify.unreachable", error=str(e))
+            return None
+        return info
+
+    def _shows(self, default: Optional[str]) -> bool:
+        """Whether docker answers and lists the runtime, with ``default`` (if given) as
+        its default runtime."""
+        info = self._info()
+        if info is None:
             return False
         ok = self.rt.name in (info.get("Runtimes") or {})
-        if self.rt.set_as_default:
-            ok = ok and info.get("DefaultRuntime") == self.rt.name
+        if default is not None:
+            ok = ok and info.get("DefaultRuntime") == default
         return ok
 
-    def _try(self, action: Callable[[], None]) -> bool:
-        return succeeded(action, self.dc.service)
+    def verify(self) -> bool:
+        """One look: docker answers and lists the runtime (as default, if asked)."""
+        return self._shows(self.rt.name if self.rt.set_as_default else None)
 
-    def _wait_verified(self) -> bool:
-        return wait_until(self.verify, what="docker verify", deadline_s=self.rt.verify_timeout_s)
+    def _wait_verified(self, default: Optional[str]) -> bool:
+        return wait_until(
+            lambda: self._shows(default),
+            what="docker verify",
+            deadline_s=self.rt.verify_timeout_s,
+        )
 
     def _ping(self) -> bool:
         try:
@@ -330,50 +450,114 @@ class DockerEngine:
         return wait_until(self._ping, what="docker ping", deadline_s=self.rt.verify_timeout_s)
 
     def rollback(self) -> ApplyResult:
-        """Restore the newest backup of daemon.json and make docker take it.
+        """Put daemon.json back as its newest backup holds it, and make docker take it.
 
-        dockerd's reload only applies keys *present* in the file: a removed
-        ``default-runtime`` or runtime stays in effect until a restart. So a rollback that
-        removes keys restarts docker (subject to the live-host rule), else reloads.
+        A backup that records an absent file (nodeagent created daemon.json) removes it.
+        What rollback replaces is kept as an ``.undone`` copy that no later rollback
+        restores, so rolling back twice is rolling back once. The current file may be
+        malformed (that is when rollback is needed): it is never parsed to decide
+        anything but what docker must do. dockerd's reload only applies keys *present* in
+        the file: a removed ``default-runtime`` or runtime stays in effect until a
+        restart. So a rollback that removes keys — or replaces a malformed file, whose
+        effect on docker is unknown — restarts docker (subject to the live-host rule),
+        else reloads.
         """
-        backups = Backups(self.root.path(self.config.backup_dir), self.config.backup_keep)
-        with HostLock(self.root.path(self.config.lock_file)):
-            newest = backups.newest(self.path)
+        writer = self._writer()
+        shown = self.host_path
+        with writer.session() as s:
+            real, _ = s.real_path(self.host_path)
+            newest = writer.backups.newest(real)
             if newest is None:
-                raise StepFailed(f"no backup of {self.host_path} to restore")
-            old = newest.read_text()
-            old_doc = jsonedit.parse(old, str(newest))  # never restore what dockerd can't read
-            current = read_text_or_none(self.path)
-            if current == old:
-                return ApplyResult(engine=self.name, message=f"{self.host_path} already restored")
-            cur_data = jsonedit.parse(current or "", self.host_path).data
-            removed = sorted(set(cur_data) - set(old_doc.data))
-            facts = self.read()
-            activation = ACTIVATE_NONE
-            note = ""
-            if facts.running and facts.can_signal and self.rt.restart_mode != "none":
-                activation = ACTIVATE_RESTART if removed else ACTIVATE_RELOAD
-                if removed and self._live_containers_at_risk(old):
-                    activation = ACTIVATE_NONE
-                    note = (
-                        f"; docker keeps {', '.join(removed)} until it restarts (a reload does "
-                        "not unset removed keys); run with --allow-restart to restart now"
-                    )
-            backups.save(self.path)
-            write_atomic(self.path, old, FileMeta.of(newest))
-            svc = self._service()
-            if activation != ACTIVATE_NONE:
-                action = svc.reload if activation == ACTIVATE_RELOAD else svc.restart
+                return ApplyResult(
+                    engine=self.name, message=f"{shown}: no backup; nothing to roll back"
+                )
+            target: Optional[bytes] = None
+            old_data: dict[str, Any] = {}
+            if not newest.absent:
+                backup_shown = str(newest.path)
+                target = read_bytes(newest.path, backup_shown)
+                if target is None:
+                    raise StepFailed(f"{backup_shown}: the backup vanished; nothing changed")
+                # never restore what dockerd cannot read
+                old_data = jsonedit.parse(decode(target, backup_shown), backup_shown).data
+            current = read_bytes(real, shown)
+            if current == target:
+                state = (
+                    f"is already absent, as its newest backup ({newest.path.name}) records"
+                    if target is None
+                    else f"already matches its newest backup ({newest.path.name})"
+                )
+                return ApplyResult(
+                    engine=self.name, message=f"{shown} {state}; nothing to roll back"
+                )
+            cur_data: Optional[dict[str, Any]] = {}
+            if current is not None:
                 try:
-                    action()
-                except StepFailed as e:
-                    msg = f"restored {self.host_path}, but the {activation} failed: {e}"
-                    raise StepFailed(msg) from None
-            if activation != ACTIVATE_NONE and not self._wait_ping():
-                raise StepFailed(f"restored {self.host_path}, but docker is not answering")
+                    cur_data = jsonedit.parse(decode(current, shown), shown).data
+                except InputError:
+                    cur_data = None  # malformed: what docker runs with is unknown
+            activation, note = self._rollback_activation(cur_data, old_data, target)
+            meta = FileMeta.of_stat(os.stat(real)) if current is not None else FileMeta()
+            writer.backups.save(real, current, meta, suffix="undone")
+            backup_meta = FileMeta.of_stat(os.stat(newest.path)) if target is not None else meta
+            Restore(real, shown, target, backup_meta).undo()
+            done = (
+                f"removed {shown} (nodeagent had created it; {newest.path.name})"
+                if target is None
+                else f"restored {shown} from {newest.path.name}"
+            )
+            if activation != ACTIVATE_NONE:
+                svc = self._service()
+                failed = _attempt(svc.reload if activation == ACTIVATE_RELOAD else svc.restart)
+                if failed is not None:
+                    raise StepFailed(
+                        f"{done}, but the {activation} failed ({failed}); docker keeps its "
+                        "current settings until it restarts"
+                    )
+                if not self._wait_ping():
+                    raise StepFailed(f"{done}, but docker is not answering after the {activation}")
+                note = (
+                    "; reloaded docker" if activation == ACTIVATE_RELOAD else "; restarted docker"
+                )
         return ApplyResult(
             engine=self.name,
             written=(self.host_path,),
             activation=activation,
-            message=f"restored {self.host_path} from {newest.name}; {activation}{note}",
+            message=done + note,
         )
+
+    def _rollback_activation(
+        self,
+        cur: Optional[dict[str, Any]],
+        old: dict[str, Any],
+        target: Optional[bytes],
+    ) -> tuple[str, str]:
+        """(reload / restart / none, the note that says what docker keeps) for a rollback
+        from ``cur`` (None: malformed) to ``old``."""
+        if cur is not None and not changed_keys(cur, old):
+            return ACTIVATE_NONE, "; docker's settings do not change: nothing to reload"
+        if cur is None:
+            keeps = "whatever it last loaded (the replaced file was malformed)"
+            needs_restart = True
+        else:
+            removed = sorted(set(cur) - set(old))
+            keeps = f"{', '.join(removed)}" if removed else "its current settings"
+            needs_restart = bool(removed) or not changed_keys(cur, old) <= RELOADABLE_KEYS
+        until = f"docker keeps {keeps} until it restarts"
+        if self.rt.restart_mode == "none":
+            return ACTIVATE_NONE, f"; restart_mode none: {until}"
+        if not self._running():
+            return ACTIVATE_NONE, "; docker is not running: it reads the file when it starts"
+        if not self._can_signal():
+            return ACTIVATE_NONE, f"; --root is not / and no pidfile or command: {until}"
+        if not needs_restart:
+            return ACTIVATE_RELOAD, ""
+        old_text = target.decode("utf-8") if target is not None else ""
+        if self.rt.restart_mode == "reload":
+            return ACTIVATE_NONE, f"; restart_mode reload: {until}"
+        if self._live_containers_at_risk(old_text):
+            return ACTIVATE_NONE, (
+                f"; {until} (a reload does not unset removed keys; containers are running "
+                "and live-restore is off): run with --allow-restart to restart now"
+            )
+        return ACTIVATE_RESTART, ""

@@ -7,7 +7,9 @@ nvidia-docker2" (NVIDIA/nvidia-docker#751, #1002). Before writing ``runtimes`` o
 ``default-runtime`` the agent looks wherever dockerd's flags come from: the unit's
 ``ExecStart`` and drop-ins, the environment files distributions use
 (``/etc/sysconfig/docker``, ``/etc/default/docker``) and, on the live host, the running
-process's command line. Parsing is pure; :func:`collect` does the reading.
+process's command line. Parsing is pure; :func:`collect` does the reading, through the
+host reader: every source is an optional fact, so one that is not a readable text file
+(a directory, a FIFO, unreadable) counts as absent and never blocks or fails the run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
 
-from nodeagent.fsutil import read_text_or_none
+from nodeagent.errors import InputError
+from nodeagent.host.reader import read_optional
 from nodeagent.paths import HostRoot
 
 UNIT_FILES = (
@@ -135,37 +138,58 @@ def collect(root: HostRoot) -> list[FlagSource]:
     sources: list[FlagSource] = []
     units: list[tuple[str, str]] = []
     for host_path in UNIT_FILES:
-        text = read_text_or_none(root.path(host_path))
+        text = _read(root, host_path)
         if text is not None:
             units = [(host_path, text)]  # a later directory overrides an earlier one
     for d in DROP_IN_DIRS:
-        directory = root.path(d)
-        if directory.is_dir():
-            for f in sorted(directory.glob("*.conf")):
-                units.append((f"{d}/{f.name}", f.read_text(errors="replace")))
+        directory = _local(root, d)
+        if directory is not None and directory.is_dir():
+            for name in sorted(f.name for f in directory.glob("*.conf")):
+                text = _read(root, f"{d}/{name}")
+                if text is not None:
+                    units.append((f"{d}/{name}", text))
     start = exec_start_words(units)
     if start is not None:
         sources.append(start)
     for host_path in ENV_FILES:
-        text = read_text_or_none(root.path(host_path))
+        text = _read(root, host_path)
         if text is not None:
             sources.append(env_file_words(host_path, text))
     if root.is_real_host:
-        sources += _running_dockerd(Path("/proc"))
+        sources += running_dockerd(Path("/proc"))
     return sources
 
 
-def _running_dockerd(proc: Path) -> list[FlagSource]:
+def _local(root: HostRoot, host_path: str) -> Optional[Path]:
+    """Where ``host_path`` is on this machine, symlinks followed inside the root; None
+    when that cannot be worked out (a symlink loop, an unreadable link)."""
+    try:
+        return root.resolve(host_path)[0]
+    except (InputError, OSError):
+        return None
+
+
+def _read(root: HostRoot, host_path: str) -> Optional[str]:
+    local = _local(root, host_path)
+    return None if local is None else read_optional(local)
+
+
+def running_dockerd(proc: Path) -> list[FlagSource]:
+    """The command line of every process named ``dockerd`` under ``proc``."""
     found = []
-    for entry in proc.iterdir():
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
         if not entry.name.isdigit():
             continue
-        try:
-            if (entry / "comm").read_text().strip() != "dockerd":
-                continue
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+        comm = read_optional(entry / "comm")
+        if comm is None or comm.strip() != "dockerd":
             continue
-        words = tuple(a.decode(errors="replace") for a in argv if a)
+        cmdline = read_optional(entry / "cmdline")
+        if cmdline is None:
+            continue
+        words = tuple(a for a in cmdline.split("\0") if a)
         found.append(FlagSource(where=f"running dockerd (pid {entry.name})", words=words))
     return found

@@ -14,40 +14,14 @@ so ``--dry-run`` is ``plan`` + :meth:`Plan.diff` and nothing else.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Optional, Protocol
+from typing import Protocol
+
+from nodeagent.host.change import FileChange
 
 # Plan.activation values: what makes a written change take effect.
 ACTIVATE_NONE = "none"  # nothing changed, or the runtime is stopped (reads the file at start)
 ACTIVATE_RELOAD = "reload"  # dockerd SIGHUP / systemctl reload
 ACTIVATE_RESTART = "restart"  # systemctl restart
-
-
-@dataclasses.dataclass(frozen=True)
-class FileChange:
-    """One file's old and new text. ``old`` is None when the file does not exist."""
-
-    path: Path  # the path on this machine (already under --root)
-    host_path: str  # the path as the host sees it, for messages and diffs
-    old: Optional[str]
-    new: str
-
-    @property
-    def changed(self) -> bool:
-        return self.old != self.new
-
-    def diff(self) -> str:
-        """A unified diff, ``a/`` the old file, ``b/`` the new one."""
-        import difflib
-
-        return "".join(
-            difflib.unified_diff(
-                (self.old or "").splitlines(keepends=True),
-                self.new.splitlines(keepends=True),
-                fromfile=f"a{self.host_path}" if self.old is not None else "/dev/null",
-                tofile=f"b{self.host_path}",
-            )
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +49,9 @@ class ApplyResult:
     """What actually happened: files written, how the daemon was told, whether it took."""
 
     engine: str
-    written: tuple[str, ...] = ()  # host paths written
-    activation: str = ACTIVATE_NONE  # what was done: none / reload / restart
+    written: tuple[str, ...] = ()  # host paths actually written; () = nothing changed
+    activation: str = ACTIVATE_NONE  # what was done, and succeeded: none / reload / restart
     verified: bool = False
-    rolled_back: bool = False
     message: str = ""
 
 
@@ -98,6 +71,11 @@ class Engine(Protocol):
 
     def plan(self, current: object) -> Plan:
         """Pure: the change that makes ``current`` carry the nvidia runtime."""
+
+    def mismatches(self, current: object) -> tuple[str, ...]:
+        """Pure: where the nvidia runtime, as configured, disagrees with the runtime the
+        kubelet's other pods use on what must match (the cgroup driver, the runtime type);
+        one line each. Configuring again brings them in line."""
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Lock, back up, write atomically, reload or restart, verify, roll back on failure."""

@@ -1,9 +1,11 @@
 """Reading and writing daemon.json without losing anything the operator wrote.
 
-Pure functions. Parsing keeps key order, refuses what dockerd itself would choke on or
-what would silently lose data (duplicate keys: Go's decoder keeps the last, so the first
-is invisible), and reports ``PATH:LINE:COL: what is wrong``. Rendering keeps the file's
-indentation style and ends with a newline.
+Pure functions on text (the file is read by :mod:`nodeagent.host.reader`). Parsing keeps
+key order, refuses what dockerd itself would choke on or what would silently lose data
+(duplicate keys: Go's decoder keeps the last, so the first is invisible), refuses nesting
+deeper than :data:`MAX_DEPTH` before the recursive parser sees it, and reports
+``PATH:LINE:COL: what is wrong``. Rendering keeps the file's indentation style and ends
+with a newline.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from nodeagent.errors import InputError
 
 MAX_BYTES = 1024 * 1024  # daemon.json is a few hundred bytes; a larger file is a mistake
 DEFAULT_INDENT = "    "
+# daemon.json is two or three levels deep; Python's parser recurses per level and fails
+# with RecursionError near 1000, so depth is bounded first, on the raw text.
+MAX_DEPTH = 64
+# A JSON string (skipped: brackets inside it do not nest) or one bracket.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +66,7 @@ def parse(text: str, name: str) -> JSONDoc:
         )
     if not text.strip():
         return JSONDoc(data={}, indent=DEFAULT_INDENT)
+    _check_depth(text, name)
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
@@ -69,10 +77,38 @@ def parse(text: str, name: str) -> JSONDoc:
             f"{name}:{line}:{col}: duplicate key {d.key!r} (dockerd would silently keep only "
             "the last one)"
         ) from None
+    except ValueError:  # Python's int(): a literal over sys.get_int_max_str_digits() digits
+        raise InputError(
+            f"{name}: a number with thousands of digits; dockerd cannot read it either"
+        ) from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"{name}: a string holds an unpaired UTF-16 surrogate escape (like \\ud800), "
+            "which is no character; dockerd would silently replace it"
+        ) from None
     if not isinstance(data, dict):
         line, col = _position(text, len(text) - len(text.lstrip()))
         raise InputError(f"{name}:{line}:{col}: the top level must be a JSON object")
     return JSONDoc(data=data, indent=detect_indent(text), source=text)
+
+
+def _check_depth(text: str, name: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, naming where it goes too deep."""
+    depth = 0
+    for m in _TOKENS.finditer(text):
+        token = m.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line, col = _position(text, m.start())
+                raise InputError(
+                    f"{name}:{line}:{col}: nested deeper than {MAX_DEPTH} levels; "
+                    "refusing to read it"
+                )
+        elif token in "]}":
+            depth -= 1
 
 
 def _duplicate_position(text: str, key: str) -> tuple[int, int]:
@@ -81,10 +117,17 @@ def _duplicate_position(text: str, key: str) -> tuple[int, int]:
     return _position(text, hits[1] if len(hits) > 1 else 0)
 
 
-def key_position(text: str, key: str) -> tuple[int, int]:
-    """Line and column of the first ``"key":`` in ``text`` (1:1 if not found)."""
-    m = re.search(re.escape(json.dumps(key)) + r"\s*:", text)
-    return _position(text, m.start() if m else 0)
+def key_position(text: str, *keys: str) -> tuple[int, int]:
+    """Line and column of ``"keys[-1]":``, found as the first ``"keys[0]":``, then the
+    first ``"keys[1]":`` after it, and so on (1:1 if not found). A heuristic for messages:
+    exact for the files people write (each key once on its path)."""
+    pos = 0
+    for key in keys:
+        m = re.compile(re.escape(json.dumps(key)) + r"\s*:").search(text, pos)
+        if m is None:
+            break
+        pos = m.start()
+    return _position(text, pos)
 
 
 def detect_indent(text: str) -> Optional[str]:

@@ -7,6 +7,8 @@
  * re-read at every nvmlInit*, so a test can change the node between two detections.
  * XID events come from the profile's "xid_events" (delivered after_ms after the event
  * set is created) and from lines "GPU_INDEX XID" appended at run time to $FAKE_NVML_EVENTS.
+ * The fabric can change with time too ("fabric_events", after_ms since the node booted,
+ * which is when the profile file was last written).
  *
  * Written for these tests; it contains no NVIDIA code beyond including nvml.h.
  */
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -214,6 +217,7 @@ static jval *g_profile;          /* the parsed profile, NULL when not initialise
 static const jval *g_gpus[MAX_GPUS]; /* g_profile's "gpus" items */
 static int g_ngpus;
 static int g_refcount; /* NVML counts nvmlInit calls; only the last nvmlShutdown shuts down */
+static struct timespec g_boot; /* when the node booted: the profile file's mtime */
 
 /*
  * One recursive lock around every entry point: a watcher thread may wait for events while
@@ -259,6 +263,14 @@ static const errinfo ERRORS[] = {
     {"NVML_ERROR_IN_USE", NVML_ERROR_IN_USE, "In use by another client"},
     {"NVML_ERROR_MEMORY", NVML_ERROR_MEMORY, "Insufficient Memory"},
     {"NVML_ERROR_NO_DATA", NVML_ERROR_NO_DATA, "No data"},
+    /* Not in pynvml's table of texts: nvml.h's own description of each. */
+    {"NVML_ERROR_INSUFFICIENT_RESOURCES", NVML_ERROR_INSUFFICIENT_RESOURCES,
+     "Ran out of critical resources, other than memory"},
+    {"NVML_ERROR_ARGUMENT_VERSION_MISMATCH", NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
+     "The provided version is invalid/unsupported"},
+    {"NVML_ERROR_NOT_READY", NVML_ERROR_NOT_READY, "The system is not ready for the request"},
+    {"NVML_ERROR_INVALID_STATE", NVML_ERROR_INVALID_STATE,
+     "Resource not in correct state to perform requested operation"},
     {"NVML_ERROR_UNKNOWN", NVML_ERROR_UNKNOWN, "Unknown Error"},
 };
 #define NERRORS (sizeof ERRORS / sizeof *ERRORS)
@@ -315,6 +327,8 @@ static nvmlReturn_t load(void) {
     if (!path || !*path) return NVML_ERROR_DRIVER_NOT_LOADED;
     char *text = read_file(path);
     if (!text) return NVML_ERROR_DRIVER_NOT_LOADED;
+    struct stat st;
+    if (stat(path, &st) == 0) g_boot = st.st_mtim;
     jparser p = {text, 1};
     g_profile = j_value(&p);
     j_ws(&p);
@@ -531,8 +545,30 @@ static unsigned long long mib(const jval *j, const char *key) {
     return (unsigned long long)j_int(j, key, 0) * 1024ULL * 1024ULL;
 }
 
+/*
+ * "call_errors": {"<NVML function>": "<NVML error name>"} on a GPU makes that query fail
+ * with that error (a signal NVML cannot read right now). Checked by the queries below.
+ */
+static nvmlReturn_t call_error(const jval *j, const char *fn) {
+    return code_of(j_str(j_get(j, "call_errors"), fn, NULL));
+}
+
+#define CALL_ERROR(j, fn)                            \
+    do {                                             \
+        nvmlReturn_t _e = call_error((j), (fn));     \
+        if (_e != NVML_SUCCESS) return _e;           \
+    } while (0)
+
+/* No "memory_total_mib" (GB10's unified memory): memory info is NOT_SUPPORTED. */
+#define NEED_MEMORY(j, fn)                                                  \
+    do {                                                                    \
+        CALL_ERROR(j, fn);                                                  \
+        if (!j_get((j), "memory_total_mib")) return NVML_ERROR_NOT_SUPPORTED; \
+    } while (0)
+
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
     DEVICE(device, j, memory);
+    NEED_MEMORY(j, "nvmlDeviceGetMemoryInfo");
     memory->total = mib(j, "memory_total_mib");
     memory->used = mib(j, "memory_used_mib");
     memory->free = memory->total - memory->used;
@@ -541,6 +577,8 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) 
 
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
     DEVICE(device, j, memory);
+    NEED_MEMORY(j, "nvmlDeviceGetMemoryInfo_v2");
+    if (memory->version != nvmlMemory_v2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     memory->total = mib(j, "memory_total_mib");
     memory->reserved = 0;
     memory->used = mib(j, "memory_used_mib");
@@ -660,6 +698,286 @@ nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *
     return nvmlDeviceGetPowerManagementLimit(device, limit);
 }
 
+/* ------------------------------------------------------------------ health signals */
+
+/*
+ * Each reads one key of the GPU's profile; an absent key means NVML answers
+ * NOT_SUPPORTED (an older GPU, a GeForce, a GPU without an NVLink fabric).
+ */
+
+static double now_ms_since(const struct timespec *t0, clockid_t clock) {
+    struct timespec now;
+    clock_gettime(clock, &now);
+    return (double)(now.tv_sec - t0->tv_sec) * 1e3 + (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* A name from `names` as its index; -1 (with a line on stderr) for a name not there. */
+static int index_of_name(const char *what, const char *name, const char *const *names, int n) {
+    for (int i = 0; name && i < n; i++)
+        if (!strcmp(names[i], name)) return i;
+    fprintf(stderr, "fakenvml: unknown %s %s\n", what, name ? name : "(none)");
+    return -1;
+}
+
+static const char *const FABRIC_STATES[] = {"not_supported", "not_started", "in_progress",
+                                            "completed"};
+static const char *const FABRIC_HEALTH[] = {"not_supported", "healthy", "unhealthy",
+                                            "limited_capacity"};
+
+typedef struct {
+    unsigned char cluster_uuid[NVML_GPU_FABRIC_UUID_LEN];
+    nvmlReturn_t status;
+    unsigned int clique_id;
+    unsigned char state;
+    unsigned int health_mask;
+    unsigned char health_summary;
+} fabric_t;
+
+/*
+ * The GPU's fabric now: "fabric" ({"state", "status", optional "clique_id",
+ * "cluster_uuid", "health_mask", "health_summary"}), its state and status replaced by the
+ * latest top-level "fabric_events" entry ({"gpu" (absent: every GPU), "after_ms",
+ * "state", "status"}) whose after_ms have passed since the node booted.
+ */
+static nvmlReturn_t fabric_of(const jval *j, int gpu, const char *fn, fabric_t *out) {
+    CALL_ERROR(j, fn);
+    const jval *f = j_get(j, "fabric");
+    if (!f || f->type != J_OBJ) return NVML_ERROR_NOT_SUPPORTED;
+    const char *state = j_str(f, "state", NULL);
+    const char *status = j_str(f, "status", "NVML_SUCCESS");
+    double up = now_ms_since(&g_boot, CLOCK_REALTIME), latest = -1;
+    const jval *evs = j_get(g_profile, "fabric_events");
+    for (int i = 0; evs && evs->type == J_ARR && i < evs->n; i++) {
+        const jval *e = evs->items[i];
+        double at = (double)j_int(e, "after_ms", 0);
+        if (j_int(e, "gpu", gpu) != gpu || at > up || at < latest) continue;
+        latest = at;
+        state = j_str(e, "state", state);
+        status = j_str(e, "status", status);
+    }
+    int s = index_of_name("fabric state", state, FABRIC_STATES, 4);
+    if (s < 0) return NVML_ERROR_UNKNOWN;
+    memset(out, 0, sizeof *out);
+    out->state = (unsigned char)s;
+    out->status = code_of(status);
+    out->clique_id = (unsigned)j_int(f, "clique_id", 0);
+    out->health_mask = (unsigned)j_int(f, "health_mask", 0);
+    const char *health = j_str(f, "health_summary", NULL);
+    int h = health ? index_of_name("fabric health summary", health, FABRIC_HEALTH, 4) : 0;
+    out->health_summary = (unsigned char)(h < 0 ? 0 : h);
+    /* "cluster_uuid": "9c6f5af3-53bf-49b5-a436-b66766c413c3"; absent: all zeroes */
+    const char *u = j_str(f, "cluster_uuid", "");
+    for (int i = 0; i < NVML_GPU_FABRIC_UUID_LEN && *u;) {
+        unsigned byte;
+        if (*u == '-') { u++; continue; }
+        if (sscanf(u, "%2x", &byte) != 1) break;
+        out->cluster_uuid[i++] = (unsigned char)byte;
+        u += 2;
+    }
+    return NVML_SUCCESS;
+}
+
+/* The newest nvmlGpuFabricInfo struct version this driver knows: the profile's
+   "fabric_info_version" (3 by default; 2 like an older driver; 1: no ...InfoV at all). */
+static long long fabric_version(void) { return j_int(g_profile, "fabric_info_version", 3); }
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfo(nvmlDevice_t device, nvmlGpuFabricInfo_t *info) {
+    DEVICE(device, j, info);
+    fabric_t f;
+    nvmlReturn_t r = fabric_of(j, device->gpu, "nvmlDeviceGetGpuFabricInfo", &f);
+    if (r != NVML_SUCCESS) return r;
+    memset(info, 0, sizeof *info);
+    memcpy(info->clusterUuid, f.cluster_uuid, sizeof info->clusterUuid);
+    info->status = f.status;
+    info->cliqueId = f.clique_id;
+    info->state = f.state;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t device, nvmlGpuFabricInfoV_t *info) {
+    DEVICE(device, j, info);
+    /* pynvml reports a missing entry point as FUNCTION_NOT_FOUND; so does this. */
+    if (fabric_version() < 2) return NVML_ERROR_FUNCTION_NOT_FOUND;
+    unsigned int version = info->version;
+    int v3 = version == nvmlGpuFabricInfo_v3;
+    if (!(v3 && fabric_version() >= 3) && version != nvmlGpuFabricInfo_v2)
+        return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    fabric_t f;
+    nvmlReturn_t r = fabric_of(j, device->gpu, "nvmlDeviceGetGpuFabricInfoV", &f);
+    if (r != NVML_SUCCESS) return r;
+    /* v2 is v3 without its last member: fill v2's bytes only when v2 was asked for. */
+    memset(info, 0, v3 ? sizeof(nvmlGpuFabricInfo_v3_t) : sizeof(nvmlGpuFabricInfo_v2_t));
+    info->version = version;
+    memcpy(info->clusterUuid, f.cluster_uuid, sizeof info->clusterUuid);
+    info->status = f.status;
+    info->cliqueId = f.clique_id;
+    info->state = f.state;
+    info->healthMask = f.health_mask;
+    if (v3) info->healthSummary = f.health_summary;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corrRows,
+                                       unsigned int *uncRows, unsigned int *isPending,
+                                       unsigned int *failureOccurred) {
+    DEVICE(device, j, corrRows, uncRows, isPending, failureOccurred);
+    CALL_ERROR(j, "nvmlDeviceGetRemappedRows");
+    const jval *rows = j_get(j, "remapped_rows");
+    if (!rows || rows->type != J_OBJ) return NVML_ERROR_NOT_SUPPORTED;
+    const jval *pending = j_get(rows, "pending"), *failure = j_get(rows, "failure");
+    *corrRows = (unsigned)j_int(rows, "correctable", 0);
+    *uncRows = (unsigned)j_int(rows, "uncorrectable", 0);
+    *isPending = (unsigned)(pending && pending->type == J_BOOL && pending->boolean);
+    *failureOccurred = (unsigned)(failure && failure->type == J_BOOL && failure->boolean);
+    return NVML_SUCCESS;
+}
+
+static const char *const RECOVERY_ACTIONS[] = {
+    "none",     "gpu_reset",           "node_reboot", "drain_p2p", "drain_and_reset",
+    "recover_imex_domain", "bus_reset", "system_reboot"};
+
+nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount,
+                                      nvmlFieldValue_t *values) {
+    DEVICE(device, j, values);
+    CALL_ERROR(j, "nvmlDeviceGetFieldValues");
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    /* Each field answers on its own: one NVML does not have says so in its nvmlReturn. */
+    for (int i = 0; i < valuesCount; i++) {
+        nvmlFieldValue_t *v = &values[i];
+        v->timestamp = (long long)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+        v->latencyUsec = 0;
+        v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        const char *action = j_str(j, "recovery_action", NULL);
+        if (v->fieldId == NVML_FI_DEV_GET_GPU_RECOVERY_ACTION && action) {
+            int a = index_of_name("recovery action", action, RECOVERY_ACTIONS, 8);
+            v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+            v->value.uiVal = (unsigned)a;
+            v->nvmlReturn = a < 0 ? NVML_ERROR_UNKNOWN : NVML_SUCCESS;
+        }
+    }
+    return NVML_SUCCESS;
+}
+
+/* A boolean key as an nvmlEnableState_t; NOT_SUPPORTED when absent. */
+static nvmlReturn_t enable_state(const jval *j, const char *key, const char *fn,
+                                 nvmlEnableState_t *out) {
+    CALL_ERROR(j, fn);
+    const jval *v = j_get(j, key);
+    if (!v || v->type != J_BOOL) return NVML_ERROR_NOT_SUPPORTED;
+    *out = v->boolean ? NVML_FEATURE_ENABLED : NVML_FEATURE_DISABLED;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device,
+                                                    nvmlEnableState_t *isPending) {
+    DEVICE(device, j, isPending);
+    return enable_state(j, "retired_pages_pending", "nvmlDeviceGetRetiredPagesPendingStatus",
+                        isPending);
+}
+
+nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t device, nvmlEnableState_t *mode) {
+    DEVICE(device, j, mode);
+    return enable_state(j, "persistence_mode", "nvmlDeviceGetPersistenceMode", mode);
+}
+
+/* A numeric key; NOT_SUPPORTED when absent. */
+static nvmlReturn_t number(const jval *j, const char *key, const char *fn, long long *out) {
+    CALL_ERROR(j, fn);
+    const jval *v = j_get(j, key);
+    if (!v || v->type != J_NUM) return NVML_ERROR_NOT_SUPPORTED;
+    *out = (long long)v->num;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t errorType,
+                                         nvmlEccCounterType_t counterType,
+                                         unsigned long long *eccCounts) {
+    DEVICE(device, j, eccCounts);
+    /* The profile has the volatile uncorrected count only; no other counter to answer. */
+    if (errorType != NVML_MEMORY_ERROR_TYPE_UNCORRECTED || counterType != NVML_VOLATILE_ECC)
+        return NVML_ERROR_NOT_SUPPORTED;
+    long long n;
+    nvmlReturn_t r = number(j, "ecc_volatile_uncorrectable", "nvmlDeviceGetTotalEccErrors", &n);
+    if (r == NVML_SUCCESS) *eccCounts = (unsigned long long)n;
+    return r;
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization) {
+    DEVICE(device, j, utilization);
+    long long pct;
+    nvmlReturn_t r = number(j, "utilization_gpu_pct", "nvmlDeviceGetUtilizationRates", &pct);
+    if (r != NVML_SUCCESS) return r;
+    utilization->gpu = (unsigned)pct;
+    utilization->memory = (unsigned)j_int(j, "utilization_memory_pct", 0);
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t gpu_temperature(const jval *j, nvmlTemperatureSensors_t sensor,
+                                    const char *fn, long long *out) {
+    if (sensor != NVML_TEMPERATURE_GPU) return NVML_ERROR_NOT_SUPPORTED;
+    return number(j, "temperature_c", fn, out);
+}
+
+nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, nvmlTemperatureSensors_t sensorType,
+                                      unsigned int *temp) {
+    DEVICE(device, j, temp);
+    long long c;
+    nvmlReturn_t r = gpu_temperature(j, sensorType, "nvmlDeviceGetTemperature", &c);
+    if (r == NVML_SUCCESS) *temp = (unsigned)c;
+    return r;
+}
+
+nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t device, nvmlTemperature_t *temperature) {
+    DEVICE(device, j, temperature);
+    if (temperature->version != nvmlTemperature_v1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    long long c;
+    nvmlReturn_t r =
+        gpu_temperature(j, temperature->sensorType, "nvmlDeviceGetTemperatureV", &c);
+    if (r == NVML_SUCCESS) temperature->temperature = (int)c;
+    return r;
+}
+
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
+    DEVICE(device, j, power);
+    long long mw;
+    nvmlReturn_t r = number(j, "power_usage_mw", "nvmlDeviceGetPowerUsage", &mw);
+    if (r == NVML_SUCCESS) *power = (unsigned)mw;
+    return r;
+}
+
+/* "clocks_event_reasons": ["hw_slowdown", ...] in nvmlClocksEventReason* bit order. */
+static const char *const CLOCK_EVENTS[] = {
+    "gpu_idle",   "applications_clocks", "sw_power_cap",   "hw_slowdown",   "sync_boost",
+    "sw_thermal", "hw_thermal",          "hw_power_brake", "display_clocks"};
+
+static nvmlReturn_t clock_events(const jval *j, const char *fn, unsigned long long *mask) {
+    CALL_ERROR(j, fn);
+    const jval *list = j_get(j, "clocks_event_reasons");
+    if (!list || list->type != J_ARR) return NVML_ERROR_NOT_SUPPORTED;
+    *mask = 0;
+    for (int i = 0; i < list->n; i++) {
+        const jval *name = list->items[i];
+        int bit = index_of_name("clocks event reason", name->type == J_STR ? name->str : NULL,
+                                CLOCK_EVENTS, 9);
+        if (bit < 0) return NVML_ERROR_UNKNOWN;
+        *mask |= 1ULL << bit;
+    }
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t device,
+                                                    unsigned long long *clocksEventReasons) {
+    DEVICE(device, j, clocksEventReasons);
+    return clock_events(j, "nvmlDeviceGetCurrentClocksEventReasons", clocksEventReasons);
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device,
+                                                       unsigned long long *clocksThrottleReasons) {
+    DEVICE(device, j, clocksThrottleReasons);
+    return clock_events(j, "nvmlDeviceGetCurrentClocksThrottleReasons", clocksThrottleReasons);
+}
+
 /* ------------------------------------------------------------------ XID events */
 
 struct nvmlEventSet_st {
@@ -669,11 +987,7 @@ struct nvmlEventSet_st {
     long events_offset;                      /* how much of $FAKE_NVML_EVENTS was read */
 };
 
-static double since_ms(const struct timespec *t0) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - t0->tv_sec) * 1e3 + (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
-}
+static double since_ms(const struct timespec *t0) { return now_ms_since(t0, CLOCK_MONOTONIC); }
 
 nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
     LOCKED;
