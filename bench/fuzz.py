@@ -237,7 +237,7 @@ def _write(root: Path, host_path: str, data: bytes) -> None:
 
 def _engine(kind: str, root: Path) -> Any:
     from nodeagent.config import Config, RuntimeConfig
-    from nodeagent.paths import HostRoot
+    from nodeagent.host.paths import HostRoot
     from nodeagent.runtime.select import make_engine
 
     cfg = Config(runtime=RuntimeConfig(engine=kind, restart_mode="none"))
@@ -264,7 +264,7 @@ def _plan_twice(kind: str, root: Path) -> None:
 
 def run_docker(root: Path, data: bytes) -> None:
     from nodeagent.errors import NodeagentError
-    from nodeagent.runtime import jsonedit
+    from nodeagent.runtime.docker import jsonedit
 
     _scratch(root)
     _write(root, "/etc/docker/daemon.json", data)

@@ -1,3 +1,5 @@
-from nodeagent.cli import main
+"""``python -m nodeagent``: the command line (:func:`nodeagent.cli.main.main`)."""
+
+from nodeagent.cli.main import main
 
 raise SystemExit(main())

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from nodeagent.errors import InputError
 from nodeagent.host.reader import read_text
+from nodeagent.kube.keys import key_problem, label_key_problem, value_problem
 
 DEFAULT_CONFIG_PATH = "/etc/nodeagent/config.yaml"
 # Every key with a comment is a few KiB; the cap keeps a hostile file's parse well under a
@@ -158,8 +159,6 @@ def _dns_subdomain(value: object) -> Optional[str]:
 
 
 def _qualified_name(value: object) -> Optional[str]:
-    from nodeagent.labels import key_problem  # labels imports this module
-
     problem = key_problem(value) if isinstance(value, str) else "it is not a string"
     if problem is None:
         return None
@@ -228,12 +227,10 @@ class LabelsConfig:
     static: dict[str, str] = dataclasses.field(default_factory=dict)
     # Label keys not to set, e.g. those GPU Feature Discovery already publishes on this node.
     skip: tuple[str, ...] = ()
-    # Prefix of the agent's own labels that are not GFD's (gpu.lost-count ...).
+    # Prefix of the agent's own labels (per-product counts, unhealthy GPUs, MIG profiles).
     prefix: str = "nodeagent.io"
 
     def __post_init__(self) -> None:
-        from nodeagent.labels import key_problem, label_key_problem, value_problem
-
         # The agent's own labels are PREFIX/NAME: the prefix must be one a node may use.
         problem = label_key_problem(f"{self.prefix}/x")
         if problem:

@@ -495,7 +495,7 @@ def manpage(version: str) -> str:
     """nodeagent(1) from the argparse parser itself, so it never drifts from the CLI."""
     sys.path.insert(0, str(REPO))
     os.environ["COLUMNS"] = "80"
-    from nodeagent.cli import build_parser
+    from nodeagent.cli.main import build_parser
 
     def esc(text: str) -> str:
         out = []

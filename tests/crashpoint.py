@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
 
     for op in OPS:
         setattr(os, op, wrap(op))
-    from nodeagent.cli import main as cli_main
+    from nodeagent.cli.main import main as cli_main
 
     return cli_main(argv[split + 1 :])
 

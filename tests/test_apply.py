@@ -248,7 +248,9 @@ def test_hostile_daemon_json_fails_the_runtime_step_and_the_node_still_registers
 def patched_nodeagent(box: Sandbox, patch: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The sandbox's CLI in a child whose code ``patch`` made raise: a test-side seam for
     exceptions no host input should reach any more (a bug in a step)."""
-    code = f"import sys\n{patch}\nfrom nodeagent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    code = (
+        f"import sys\n{patch}\nfrom nodeagent.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     return subprocess.run(
         [sys.executable, "-c", code, *box.argv(*args)[3:]],
         env={**box.env(), "PYTHONPATH": str(REPO)},
@@ -265,7 +267,7 @@ def test_a_step_that_raises_anything_is_a_failed_step_and_the_walk_goes_on(
     box = dead_docker
     box.register()
     patch = (
-        "from nodeagent.runtime.docker import DockerEngine\n"
+        "from nodeagent.runtime.docker.engine import DockerEngine\n"
         "def read(self):\n"
         "    raise AttributeError(\"'NoneType' object has no attribute 'get'\")\n"
         "DockerEngine.read = read"

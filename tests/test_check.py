@@ -220,7 +220,7 @@ def test_phase_selects_probes(healthy: Sandbox) -> None:
 
 
 def test_the_table_is_coloured_only_when_asked() -> None:
-    from nodeagent.check import FAIL, PASS, WARN, ProbeResult, Report, render
+    from nodeagent.walk.check import FAIL, PASS, WARN, ProbeResult, Report, render
 
     report = Report(
         "gpu-1",
@@ -295,11 +295,11 @@ def test_daemon_json_a_directory_and_a_kubeconfig_list_still_print_the_whole_tab
 def test_a_probe_that_raises_is_a_failed_probe(node: Sandbox) -> None:
     code = (
         "import sys\n"
-        "import nodeagent.check as check\n"
+        "import nodeagent.walk.check as check\n"
         "def boom(root):\n"
         "    raise ValueError('bad sysfs entry')\n"
         "check.nvidia_pci_gpus = boom\n"
-        "from nodeagent.cli import main\n"
+        "from nodeagent.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     r = subprocess.run(

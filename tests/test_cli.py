@@ -221,7 +221,9 @@ def nodeagent_patched(
 ) -> subprocess.CompletedProcess[str]:
     """The real CLI in a child whose code ``patch`` (Python, run first) made misbehave: the
     test-side seam for failures no host input reaches (a bug, a library's odd exception)."""
-    code = f"import sys\n{patch}\nfrom nodeagent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    code = (
+        f"import sys\n{patch}\nfrom nodeagent.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,

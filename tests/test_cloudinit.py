@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nodeagent.cli import build_parser
+from nodeagent.cli.main import build_parser
 from nodeagent.config import DEFAULT_CONFIG_PATH, Config, parse
 from tests.realparts import skip_or_fail
 from tests.test_units import DAEMON, is_writable, load, writable_dirs

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from nodeagent.config import Config, ContainerdConfig, RuntimeConfig
 from nodeagent.errors import InputError, StepFailed
-from nodeagent.paths import HostRoot
-from nodeagent.runtime import containerd as ct
-from nodeagent.runtime.containerd import ContainerdEngine
+from nodeagent.host.paths import HostRoot
+from nodeagent.runtime.containerd import engine as ct
+from nodeagent.runtime.containerd.engine import ContainerdEngine
 from nodeagent.runtime.engine import ACTIVATE_NONE, ACTIVATE_RESTART
 from tests.containerd import Containerd, needs_containerd
 from tests.dockerd import write_runtime_standin

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from nodeagent.daemon import first_heartbeat, heartbeat_age_s, jittered
-from nodeagent.health import Health, XidRecord
+from nodeagent.daemon.loop import first_heartbeat, heartbeat_age_s, jittered
+from nodeagent.gpu.health import Health, XidRecord
 from tests.sandbox import Sandbox
 
 CONDITION = "nvidia.com/GPUReady"
@@ -73,7 +73,7 @@ class Running:
         self.notify = notify
         argv = box.argv("--log-format", "json", "run")
         if patch:
-            main = "from nodeagent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+            main = "from nodeagent.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
             argv = [sys.executable, "-c", f"import sys\n{patch}\n{main}", *argv[3:]]
             env = {**env, "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen(
@@ -461,8 +461,8 @@ def test_health_recovery_rules() -> None:
 
 
 def test_boot_id_file_ties_state_to_a_boot(tmp_path: Path) -> None:
-    from nodeagent.daemon import boot_id
-    from nodeagent.paths import HostRoot
+    from nodeagent.daemon.loop import boot_id
+    from nodeagent.host.paths import HostRoot
 
     p = tmp_path / "proc/sys/kernel/random/boot_id"
     p.parent.mkdir(parents=True)

@@ -37,7 +37,7 @@ from nodeagent.gpu.inventory import (
     clock_events,
 )
 from nodeagent.gpu.nvml import cuda_version, detect, mig_profile
-from nodeagent.paths import HostRoot
+from nodeagent.host.paths import HostRoot
 from tests.fakenvml.build import PROFILES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -434,7 +434,7 @@ def test_gb10_memory_not_supported_is_a_usable_gpu(fake_nvml, use_profile) -> No
     """DGX Spark: memory info answers NOT_SUPPORTED; the GPU stays usable with memory
     unknown and the node still gets its labels, all but gpu.memory (as GFD)."""
     from nodeagent.config import LabelsConfig
-    from nodeagent.labels import node_labels
+    from nodeagent.labels.registry import node_labels
 
     inv = detect(library=use_profile("gb10"))
     expect_matches_profile(inv, fake_nvml.data("gb10"))

@@ -24,10 +24,10 @@ import pytest
 
 from nodeagent.config import Config, DockerConfig, RuntimeConfig
 from nodeagent.errors import StepFailed
-from nodeagent.paths import HostRoot
-from nodeagent.runtime.docker import DockerEngine
+from nodeagent.host.paths import HostRoot
+from nodeagent.host.service import ServiceControl
+from nodeagent.runtime.docker.engine import DockerEngine
 from nodeagent.runtime.engine import ACTIVATE_RELOAD, ACTIVATE_RESTART
-from nodeagent.runtime.service import ServiceControl
 from tests.dockerd import BASE_CONFIG, Dockerd, needs_dockerd, write_runtime_standin
 from tests.realparts import skip_or_fail
 
@@ -255,8 +255,8 @@ def test_dry_run_cli_prints_a_diff_and_changes_nothing(dockerd: Dockerd) -> None
 ENGINE_RUN = (
     "import json, sys\n"
     "from nodeagent.config import Config\n"
-    "from nodeagent.paths import HostRoot\n"
-    "from nodeagent.runtime.docker import DockerEngine\n"
+    "from nodeagent.host.paths import HostRoot\n"
+    "from nodeagent.runtime.docker.engine import DockerEngine\n"
     "e = DockerEngine(Config(), HostRoot(sys.argv[1]))\n"
     "r = e.apply(e.plan(e.read()))\n"
     "print(json.dumps({'written': list(r.written), 'message': r.message}))\n"

@@ -9,9 +9,9 @@ import pytest
 
 from nodeagent.config import Config
 from nodeagent.errors import InputError
-from nodeagent.paths import HostRoot
-from nodeagent.runtime import dockerflags
-from nodeagent.runtime.docker import DockerEngine
+from nodeagent.host.paths import HostRoot
+from nodeagent.runtime.docker import flags as dockerflags
+from nodeagent.runtime.docker.engine import DockerEngine
 from tests.dockerd import write_runtime_standin
 
 DEBIAN_UNIT = """[Service]

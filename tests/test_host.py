@@ -19,9 +19,9 @@ import pytest
 
 from nodeagent.errors import InputError, NodeagentError, StepFailed
 from nodeagent.host.change import FileChange
+from nodeagent.host.paths import HostRoot
 from nodeagent.host.reader import FileMeta, Layout, expect, read_optional, read_text
 from nodeagent.host.writer import Backups, HostLock, Writer, sweep_temps, write_file
-from nodeagent.paths import HostRoot
 from tests.realparts import skip_or_fail
 
 HOST = "/etc/docker/daemon.json"

@@ -8,8 +8,8 @@ import pytest
 
 from nodeagent.config import Config
 from nodeagent.errors import EXIT_BAD_INPUT, InputError
+from nodeagent.host.paths import HostRoot
 from nodeagent.kube.identity import node_name
-from nodeagent.paths import HostRoot
 
 
 def test_config_wins(tmp_path: Path) -> None:

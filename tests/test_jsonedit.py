@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodeagent.errors import EXIT_BAD_INPUT, InputError
-from nodeagent.runtime import jsonedit
-from nodeagent.runtime.docker import desired
+from nodeagent.runtime.docker import jsonedit
+from nodeagent.runtime.docker.engine import desired
 from tests.dockerd import write_runtime_standin
 
 REPO = Path(__file__).resolve().parents[1]

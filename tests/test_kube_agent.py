@@ -16,12 +16,12 @@ import pytest
 
 from nodeagent.errors import InputError, StepFailed
 from nodeagent.gpu.inventory import Inventory
+from nodeagent.host.paths import HostRoot
 from nodeagent.kube import kubeletargs
 from nodeagent.kube.client import APIRefused, KubeAPI, NodeAPI
 from nodeagent.kube.controller import Controller, Rules
 from nodeagent.kube.readiness import CONDITION_TYPE, STARTUP_TAINT_KEY, Facts, Readiness, assess
 from nodeagent.kube.report import Report
-from nodeagent.paths import HostRoot
 from tests.kubeapi import Fault, KubeAPIServer
 
 NODE = "gpu-1"

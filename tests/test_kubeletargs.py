@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from nodeagent.config import Config
 from nodeagent.errors import InputError
+from nodeagent.host.paths import HostRoot
 from nodeagent.host.writer import Writer
 from nodeagent.kube import kubeletargs as ka
-from nodeagent.paths import HostRoot
 
 TAINT = ka.Taint("readiness.k8s.io/nvidia-gpu-not-ready", "", "NoSchedule")
 LABELS = {"gpu": "true", "gpu-type": "H100", "nvidia.com/gpu.count": "8"}

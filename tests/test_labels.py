@@ -23,14 +23,9 @@ from nodeagent.gpu.inventory import (
     Inventory,
     MigDevice,
 )
-from nodeagent.labels import (
-    is_valid_value,
-    key_problem,
-    label_key_problem,
-    node_labels,
-    sanitize_value,
-    value_problem,
-)
+from nodeagent.kube.keys import is_valid_value, key_problem, label_key_problem, value_problem
+from nodeagent.labels.registry import node_labels
+from nodeagent.labels.values import sanitize_value
 
 # Real values read off hardware, with their sources (tests/data/real-gpus.README.md).
 REAL_GPUS = Path(__file__).parent / "data" / "real-gpus.json"

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodeagent.metrics import CONTENT_TYPE, Metrics, format_value
+from nodeagent.daemon.metrics import CONTENT_TYPE, Metrics, format_value
 
 
 def parse(text: str) -> dict[str, tuple[str, str, dict[tuple[str, tuple], float]]]:

@@ -170,7 +170,7 @@ def test_deb_contents(built: Built) -> None:
     paths = set(rows)
     assert rows["/usr/bin/nodeagent"].startswith("-rwxr-xr-x root/root")
     expected = {
-        "/opt/nodeagent/lib/common/nodeagent/cli.py",
+        "/opt/nodeagent/lib/common/nodeagent/cli/main.py",
         "/opt/nodeagent/libexec/nodeagent-maint",
         "/etc/nodeagent/config.yaml",
         "/usr/share/doc/nodeagent/README.md",

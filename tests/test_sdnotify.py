@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent import sdnotify
-from nodeagent.sdnotify import MAX_DATAGRAM, Notifier
+from nodeagent.daemon import sdnotify
+from nodeagent.daemon.sdnotify import MAX_DATAGRAM, Notifier
 
 
 def _receiver(address: str) -> socket.socket:

@@ -10,7 +10,7 @@ import pytest
 
 from nodeagent.config import Config, ContainerdConfig, DockerConfig, RuntimeConfig
 from nodeagent.errors import InputError
-from nodeagent.paths import HostRoot
+from nodeagent.host.paths import HostRoot
 from nodeagent.runtime.select import choose
 
 

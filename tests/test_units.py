@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from nodeagent.agent import PHASES
-from nodeagent.cli import build_parser
+from nodeagent.cli.main import build_parser
 from nodeagent.config import Config
-from nodeagent.daemon import STOP_GRACE_S
+from nodeagent.daemon.loop import STOP_GRACE_S
 from nodeagent.errors import EXIT_BAD_INPUT, EXIT_NO_GPU
 from nodeagent.kube.kubeletargs import DEBIAN_PATH, RHEL_PATH
+from nodeagent.walk.agent import PHASES
 from tests.realparts import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,8 +38,8 @@ from nodeagent.gpu.inventory import (
     Signal,
     SignalError,
 )
+from nodeagent.host.paths import HostRoot
 from nodeagent.log import get_logger
-from nodeagent.paths import HostRoot
 
 log = get_logger(__name__)
 

@@ -33,9 +33,9 @@ from typing import Optional
 
 from nodeagent.errors import InputError, NodeagentError, StepFailed
 from nodeagent.host.change import FileChange
+from nodeagent.host.paths import HostRoot
 from nodeagent.host.reader import FileMeta, os_error, read_bytes, read_text
 from nodeagent.log import get_logger
-from nodeagent.paths import HostRoot
 
 log = get_logger(__name__)
 

@@ -11,9 +11,9 @@ import socket
 from typing import Callable, Optional
 
 from nodeagent.config import Config
+from nodeagent.host.paths import HostRoot
 from nodeagent.host.reader import read_optional, read_text
 from nodeagent.kube import kubeletargs
-from nodeagent.paths import HostRoot
 
 
 def hostname_override(args: tuple[str, ...]) -> Optional[str]:

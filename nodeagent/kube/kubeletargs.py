@@ -24,8 +24,8 @@ from typing import Optional
 
 from nodeagent.errors import InputError
 from nodeagent.host.change import FileChange
+from nodeagent.host.paths import HostRoot
 from nodeagent.host.reader import read_text
-from nodeagent.paths import HostRoot
 
 VAR = "KUBELET_EXTRA_ARGS"
 MARKER = "# nodeagent: owned node labels:"

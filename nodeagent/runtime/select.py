@@ -14,17 +14,8 @@ from typing import Optional
 
 from nodeagent.config import Config
 from nodeagent.errors import InputError
-from nodeagent.paths import HostRoot
+from nodeagent.host.paths import HostRoot, unix_socket_path
 from nodeagent.runtime.engine import Engine
-
-
-def unix_socket_path(address: str) -> Optional[str]:
-    """The filesystem path of a ``unix://`` (or bare path) address, else None."""
-    if address.startswith("unix://"):
-        return address[len("unix://") :]
-    if address.startswith("/"):
-        return address
-    return None
 
 
 def _socket_live(root: HostRoot, address: str) -> bool:
@@ -55,11 +46,11 @@ def choose(cfg: Config, root: HostRoot, requested: Optional[str] = None) -> Opti
 
 def make_engine(name: str, cfg: Config, root: HostRoot) -> Engine:
     if name == "docker":
-        from nodeagent.runtime.docker import DockerEngine
+        from nodeagent.runtime.docker.engine import DockerEngine
 
         return DockerEngine(cfg, root)
     if name == "containerd":
-        from nodeagent.runtime.containerd import ContainerdEngine
+        from nodeagent.runtime.containerd.engine import ContainerdEngine
 
         return ContainerdEngine(cfg, root)
     raise InputError(f"unknown runtime engine {name!r}")

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from nodeagent.errors import EXIT_NO_GPU, NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_NVML_ERROR, STATE_OK, Inventory
+from nodeagent.host.paths import HostRoot
 from nodeagent.log import get_logger
-from nodeagent.paths import HostRoot
-from nodeagent.steps import (
+from nodeagent.walk.steps import (
     CHANGED,
     FAILED,
     OK,
@@ -42,7 +42,7 @@ from nodeagent.steps import (
 
 if TYPE_CHECKING:
     from nodeagent.config import Config
-    from nodeagent.health import XidRecord
+    from nodeagent.gpu.health import XidRecord
     from nodeagent.kube.client import NodeAPI
     from nodeagent.kube.readiness import Readiness
 
@@ -102,7 +102,7 @@ class Agent:
         return detect(library=self.cfg.nvml_library, root=self.root)
 
     def labels(self, inv: Inventory) -> dict[str, str]:
-        from nodeagent.labels import node_labels
+        from nodeagent.labels.registry import node_labels
 
         return node_labels(inv, self.cfg.labels)
 

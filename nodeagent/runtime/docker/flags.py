@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from nodeagent.errors import InputError
+from nodeagent.host.paths import HostRoot
 from nodeagent.host.reader import read_optional
-from nodeagent.paths import HostRoot
 
 UNIT_FILES = (
     "/lib/systemd/system/docker.service",

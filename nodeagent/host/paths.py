@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path, PurePosixPath
+from typing import Optional
 
 from nodeagent.errors import InputError
 
@@ -108,3 +109,12 @@ DEFAULT_SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 
 def _is_executable(p: Path) -> bool:
     return p.is_file() and os.access(p, os.X_OK)
+
+
+def unix_socket_path(address: str) -> Optional[str]:
+    """The filesystem path of a ``unix://`` (or bare path) address, else None."""
+    if address.startswith("unix://"):
+        return address[len("unix://") :]
+    if address.startswith("/"):
+        return address
+    return None

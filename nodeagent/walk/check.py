@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from nodeagent.errors import InputError, NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_OK, Inventory
+from nodeagent.host.paths import HostRoot
 from nodeagent.log import get_logger
-from nodeagent.paths import HostRoot
 
 if TYPE_CHECKING:
-    from nodeagent.agent import Agent
     from nodeagent.config import Config
     from nodeagent.runtime.engine import Engine, Plan
+    from nodeagent.walk.agent import Agent
 
 log = get_logger(__name__)
 
@@ -464,7 +464,7 @@ def probe_condition(f: Facts) -> ProbeResult:
 
 
 def _runtime_state(f: Facts) -> Any:
-    from nodeagent.agent import RuntimeState
+    from nodeagent.walk.agent import RuntimeState
 
     if f.engine[0] is None:
         return RuntimeState()

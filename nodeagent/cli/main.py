@@ -35,7 +35,7 @@ from nodeagent.errors import (
 
 if TYPE_CHECKING:
     from nodeagent.config import Config
-    from nodeagent.paths import HostRoot
+    from nodeagent.host.paths import HostRoot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Context:
     args: argparse.Namespace
 
     def root(self) -> HostRoot:
-        from nodeagent.paths import HostRoot
+        from nodeagent.host.paths import HostRoot
 
         raw: str = self.args.root
         if not raw:  # Path("") is ".": an empty --root would be the working directory
@@ -224,7 +224,7 @@ def _runtime_config(ctx: Context) -> Config:
 
 def cmd_runtime_configure(ctx: Context) -> int:
     from nodeagent.runtime.select import choose, make_engine
-    from nodeagent.steps import activation_done
+    from nodeagent.walk.steps import activation_done
 
     cfg = _runtime_config(ctx)
     root = ctx.root()
@@ -256,8 +256,8 @@ def cmd_runtime_configure(ctx: Context) -> int:
 
 
 def cmd_apply(ctx: Context) -> int:
-    from nodeagent.agent import Agent
-    from nodeagent.steps import StepResult
+    from nodeagent.walk.agent import Agent
+    from nodeagent.walk.steps import StepResult
 
     cfg = _runtime_config(ctx)
     text = ctx.args.output == "text"
@@ -276,15 +276,15 @@ def cmd_apply(ctx: Context) -> int:
     if text:
         print(outcome.summary())
     else:
-        from nodeagent.output import emit as emit_doc
+        from nodeagent.cli.render import emit as emit_doc
 
         emit_doc(outcome.to_dict(), "json")
     return outcome.exit_code
 
 
 def cmd_check(ctx: Context) -> int:
-    from nodeagent import check
-    from nodeagent.agent import Agent
+    from nodeagent.walk import check
+    from nodeagent.walk.agent import Agent
 
     agent = Agent(ctx.config(), ctx.root())
     try:
@@ -293,7 +293,7 @@ def cmd_check(ctx: Context) -> int:
         agent.close()
     strict = ctx.args.strict
     if ctx.args.output == "json":
-        from nodeagent.output import emit
+        from nodeagent.cli.render import emit
 
         emit(report.to_dict(strict), "json")
     else:
@@ -303,8 +303,8 @@ def cmd_check(ctx: Context) -> int:
 
 
 def cmd_run(ctx: Context) -> int:
-    from nodeagent.daemon import Daemon
-    from nodeagent.sdnotify import Notifier
+    from nodeagent.daemon.loop import Daemon
+    from nodeagent.daemon.sdnotify import Notifier
 
     return Daemon(ctx.config, ctx.root(), Notifier.from_env()).run()
 
@@ -326,10 +326,10 @@ def cmd_rollback(ctx: Context) -> int:
 def cmd_detect(ctx: Context) -> int:
     cfg = ctx.config()  # validate before anything else runs
 
+    from nodeagent.cli.render import detect_table
     from nodeagent.gpu.inventory import STATE_OK
     from nodeagent.gpu.nvml import detect
-    from nodeagent.labels import node_labels
-    from nodeagent.render import detect_table
+    from nodeagent.labels.registry import node_labels
 
     inv = detect(library=cfg.nvml_library, root=ctx.root())
     labels = node_labels(inv, cfg.labels)
@@ -345,7 +345,7 @@ def cmd_detect(ctx: Context) -> int:
         else:
             sys.stdout.write(detect_table(inv, labels))
     else:
-        from nodeagent.output import emit
+        from nodeagent.cli.render import emit
 
         doc = inv.to_dict()
         doc["labels"] = dict(sorted(labels.items()))
@@ -425,7 +425,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bug: one line and EX_SOFTWARE, the traceback only at -vv
         from nodeagent.log import get_logger
 
-        get_logger("nodeagent.cli").debug("internal_error", exc_info=True)
+        get_logger("nodeagent.cli.main").debug("internal_error", exc_info=True)
         print(f"nodeagent: {describe(e)} (a bug: please report it)", file=sys.stderr)
         return EXIT_SOFTWARE
 

@@ -40,6 +40,7 @@ import tomlkit.exceptions
 from nodeagent.config import Config
 from nodeagent.errors import InputError, NodeagentError, StepFailed
 from nodeagent.host.change import FileChange
+from nodeagent.host.paths import HostRoot, unix_socket_path
 from nodeagent.host.reader import (
     FileMeta,
     HostText,
@@ -50,9 +51,9 @@ from nodeagent.host.reader import (
     read_text,
 )
 from nodeagent.host.reader import type_name as _json_type_name
+from nodeagent.host.service import ServiceControl, succeeded
 from nodeagent.host.writer import Restore, Session, Writer, undo_all
 from nodeagent.log import get_logger
-from nodeagent.paths import HostRoot
 from nodeagent.retry import wait_until
 from nodeagent.runtime.engine import (
     ACTIVATE_NONE,
@@ -60,8 +61,6 @@ from nodeagent.runtime.engine import (
     ApplyResult,
     Plan,
 )
-from nodeagent.runtime.select import unix_socket_path
-from nodeagent.runtime.service import ServiceControl, succeeded
 
 log = get_logger(__name__)
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 from nodeagent.config import Config
 from nodeagent.errors import InputError, NodeagentError, StepFailed
 from nodeagent.host.change import FileChange
+from nodeagent.host.paths import HostRoot, unix_socket_path
 from nodeagent.host.reader import (
     FileMeta,
     HostText,
@@ -28,11 +29,12 @@ from nodeagent.host.reader import (
     read_bytes,
     read_text,
 )
+from nodeagent.host.service import ServiceControl
 from nodeagent.host.writer import Restore, Writer
 from nodeagent.log import get_logger
-from nodeagent.paths import HostRoot
 from nodeagent.retry import wait_until
-from nodeagent.runtime import dockerflags, jsonedit
+from nodeagent.runtime.docker import flags as dockerflags
+from nodeagent.runtime.docker import jsonedit
 from nodeagent.runtime.engine import (
     ACTIVATE_NONE,
     ACTIVATE_RELOAD,
@@ -40,8 +42,6 @@ from nodeagent.runtime.engine import (
     ApplyResult,
     Plan,
 )
-from nodeagent.runtime.select import unix_socket_path
-from nodeagent.runtime.service import ServiceControl
 
 log = get_logger(__name__)
 

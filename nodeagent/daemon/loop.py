@@ -34,19 +34,19 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from nodeagent import __version__
-from nodeagent.agent import Agent, NodeState, RuntimeState
 from nodeagent.errors import NodeagentError, describe
+from nodeagent.gpu.health import Health, XidRecord
 from nodeagent.gpu.inventory import STATE_OK, Inventory
-from nodeagent.health import Health, XidRecord
+from nodeagent.host.paths import HostRoot
 from nodeagent.log import get_logger
-from nodeagent.paths import HostRoot
-from nodeagent.steps import CHANGED, FAILED, Outcome, StepResult
+from nodeagent.walk.agent import Agent, NodeState, RuntimeState
+from nodeagent.walk.steps import CHANGED, FAILED, Outcome, StepResult
 
 if TYPE_CHECKING:
     from nodeagent.config import Config
+    from nodeagent.daemon.metrics import Metrics, MetricsServer
+    from nodeagent.daemon.sdnotify import Notifier
     from nodeagent.gpu.events import XidEvent, XidWatcher
-    from nodeagent.metrics import Metrics, MetricsServer
-    from nodeagent.sdnotify import Notifier
 
 log = get_logger(__name__)
 
@@ -149,7 +149,7 @@ class Daemon:
     # --- setup --------------------------------------------------------------------------
 
     def _metrics(self) -> Metrics:
-        from nodeagent.metrics import Metrics
+        from nodeagent.daemon.metrics import Metrics
 
         m = Metrics("nodeagent")
         for name, kind, help_text in METRICS:

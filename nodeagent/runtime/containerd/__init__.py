@@ -1,0 +1,1 @@
+"""containerd: the config engine (:mod:`~nodeagent.runtime.containerd.engine`)."""
