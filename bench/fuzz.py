@@ -238,7 +238,7 @@ def _write(root: Path, host_path: str, data: bytes) -> None:
 def _engine(kind: str, root: Path) -> Any:
     from nodeagent.config import Config, RuntimeConfig
     from nodeagent.host.paths import HostRoot
-    from nodeagent.runtime.select import make_engine
+    from nodeagent.runtime.registry import make_engine
 
     cfg = Config(runtime=RuntimeConfig(engine=kind, restart_mode="none"))
     return make_engine(kind, cfg, HostRoot(root))

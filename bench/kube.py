@@ -22,17 +22,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.common import write_section
+from nodeagent.config import KubeConfig
 from nodeagent.kube.client import NodeAPI
-from nodeagent.kube.readiness import CONDITION_TYPE, Readiness
+from nodeagent.kube.node import ConditionStatus
+from nodeagent.kube.readiness import Readiness
 from nodeagent.kube.report import Report
 from tests.kubeapi import KubeAPIServer
 
 LABELS = {"gpu": "true", "gpu-type": "H100", "nvidia.com/gpu.count": "8"}
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
+CONDITION_TYPE = KubeConfig().condition_type
 
 
 def _ready(capacity: Optional[Mapping[str, str]]) -> Readiness:
-    return Readiness("True", "GPUReady", "8 GPUs healthy, runtime ready")
+    return Readiness(ConditionStatus.TRUE, "GPUReady", "8 GPUs healthy, runtime ready")
 
 
 REPORT = Report(labels=LABELS, readiness=_ready, condition_type=CONDITION_TYPE, host="bench")

@@ -248,7 +248,6 @@ class LabelsConfig:
                 raise FieldError("skip", f"entry {key!r}: not a valid label key: {problem}", at=i)
 
 
-ENGINES = ("auto", "docker", "containerd", "none")
 RESTART_MODES = ("auto", "reload", "restart", "none")
 
 
@@ -284,11 +283,27 @@ class ContainerdConfig:
         _validate(self)
 
 
+# Marks a RuntimeConfig field as one container runtime engine's settings (``runtime.NAME:``).
+# The field's name is the engine's name, its entry in nodeagent.runtime.registry (which this
+# layer may not import; tests/test_select.py checks that the two name the same engines).
+_ENGINE_SECTION = {"engine": True}
+
+
+def engine_names() -> tuple[str, ...]:
+    """The engines ``runtime.engine`` may name besides ``auto`` and ``none``, in
+    auto-selection order: those with a section in :class:`RuntimeConfig`."""
+    return tuple(f.name for f in dataclasses.fields(RuntimeConfig) if f.metadata.get("engine"))
+
+
+def _engine_choice(value: object) -> Optional[str]:
+    return _one_of(("auto", *engine_names(), "none"))(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     """How the container runtime is configured (docs/runtime.md)."""
 
-    engine: str = _field("auto", _one_of(ENGINES))
+    engine: str = _field("auto", _engine_choice)
     # The name in daemon.json's `runtimes` and containerd's runtimes table.
     name: str = _field("nvidia", _runtime_name)
     path: str = _field("nvidia-container-runtime", _command)
@@ -296,8 +311,10 @@ class RuntimeConfig:
     restart_mode: str = _field("auto", _one_of(RESTART_MODES))
     allow_restart: bool = False
     verify_timeout_s: float = _field(60.0, Range(0, HOUR, low_open=True))
-    docker: DockerConfig = dataclasses.field(default_factory=DockerConfig)
-    containerd: ContainerdConfig = dataclasses.field(default_factory=ContainerdConfig)
+    docker: DockerConfig = dataclasses.field(default_factory=DockerConfig, metadata=_ENGINE_SECTION)
+    containerd: ContainerdConfig = dataclasses.field(
+        default_factory=ContainerdConfig, metadata=_ENGINE_SECTION
+    )
 
     def __post_init__(self) -> None:
         _validate(self)

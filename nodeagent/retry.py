@@ -19,9 +19,9 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-# HTTP statuses that are worth another try; 409 is handled by the caller (re-read, re-apply).
+# HTTP statuses that are worth another try (any other is final); 409 is handled by the
+# caller (re-read, re-apply).
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-FINAL_STATUS = frozenset({400, 401, 403, 404, 405, 410, 422})
 
 
 class Retryable(Exception):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.dockerd import needs_dockerd
 from tests.fakenvml.build import build, profile
@@ -19,6 +20,17 @@ from tests.realparts import skip_or_fail
 from tests.sandbox import Sandbox
 
 _SESSION_START = time.time()  # conftest is imported as the session starts
+
+# Property tests never flake: no per-example deadline (this machine's speed varies with
+# what else runs), no health check that fails on a slow generator, and under CI the same
+# examples every run (derandomize) so a red CI always reproduces.
+settings.register_profile(
+    "nodeagent",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=os.environ.get("CI") == "true",
+)
+settings.load_profile("nodeagent")
 
 
 @dataclasses.dataclass(frozen=True)

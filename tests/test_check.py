@@ -220,11 +220,13 @@ def test_phase_selects_probes(healthy: Sandbox) -> None:
 
 
 def test_the_table_is_coloured_only_when_asked() -> None:
-    from nodeagent.walk.check import FAIL, PASS, WARN, ProbeResult, Report, render
+    from nodeagent.cli.render import check_table as render
+    from nodeagent.walk.check import FAIL, PASS, WARN, ProbeResult, Report
+    from nodeagent.walk.steps import Phase
 
     report = Report(
         "gpu-1",
-        "all",
+        Phase.ALL,
         (
             ProbeResult("nvml", PASS, "NVML loads; driver 580.159.04"),
             ProbeResult("gpus", FAIL, "GPU 3 fell off the bus", "reboot"),
@@ -240,7 +242,7 @@ def test_the_table_is_coloured_only_when_asked() -> None:
     coloured = render(report, colour=True)
     assert "\033[31mFAIL\033[0m  gpus" in coloured and "\033[32mPASS\033[0m  nvml" in coloured
     assert report.exit_code() == 1 and report.exit_code(strict=True) == 1
-    warn_only = Report("gpu-1", "all", report.probes[2:], 0.1)
+    warn_only = Report("gpu-1", Phase.ALL, report.probes[2:], 0.1)
     assert (warn_only.exit_code(), warn_only.exit_code(strict=True)) == (0, 1)
 
 

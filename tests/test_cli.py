@@ -332,3 +332,82 @@ def test_output_survives_an_ascii_stream(
     last = out.splitlines()[-1]
     assert last.startswith(f"apply bootstrap: ok {dot} 1 ok, 1 changed, 1 skipped {dot} ")
     assert f"driver 580.159.04 {dot} CUDA 13.0" in out  # the detect line's dots too
+
+
+# --- the parser reads the walk's phases and the registry's engines ---------------------------
+
+
+def test_the_phase_choices_are_the_walks_phases() -> None:
+    from nodeagent.cli.main import PHASE_CHOICES
+    from nodeagent.walk.steps import Phase
+
+    assert tuple(p.value for p in Phase) == PHASE_CHOICES
+
+
+def test_runtime_choices_come_from_the_registry_only_when_asked() -> None:
+    code = (
+        "import sys\n"
+        "from nodeagent.cli.main import build_parser\n"
+        "build_parser()\n"
+        "print('nodeagent.runtime.registry' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.stdout.strip() == "False", r.stderr  # building the parser loads no engine
+    from nodeagent.runtime.registry import names
+
+    r = nodeagent("rollback", "--runtime", "podman")
+    assert r.returncode == EXIT_BAD_INPUT
+    choices = ", ".join(repr(n) for n in ("auto", *names()))
+    assert f"invalid choice: 'podman' (choose from {choices})" in r.stderr
+
+
+# --- `runtime configure` is apply's runtime step, with its words -----------------------------
+
+
+def test_runtime_configure_is_the_runtime_step(tmp_path: Path, fake_nvml) -> None:
+    """Dry run, change, unchanged: the same lines ``apply`` prints in its runtime step's
+    detail column; a failure is the step's one line on stderr with its exit code."""
+    runtime = tmp_path / "usr/bin/nvidia-container-runtime"
+    runtime.parent.mkdir(parents=True)
+    runtime.write_text("#!/bin/sh\n")
+    runtime.chmod(0o755)
+    (tmp_path / "etc/nodeagent").mkdir(parents=True)
+    (tmp_path / "etc/nodeagent/config.yaml").write_text("runtime:\n  engine: docker\n")
+    configure = ("--root", str(tmp_path), "runtime", "configure", "--runtime", "docker")
+
+    r = nodeagent(*configure, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("--- /dev/null\n+++ b/etc/docker/daemon.json\n")
+    assert r.stdout.splitlines()[-1] == (
+        "docker: would change /etc/docker/daemon.json; then none "
+        "(docker is not running: it reads the file when it starts)"
+    )
+    assert not (tmp_path / "etc/docker/daemon.json").exists()
+
+    r = nodeagent(*configure)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("docker: changed /etc/docker/daemon.json; written; not verified")
+
+    unchanged = "docker: unchanged (configured; the daemon is not running: it reads it at start)"
+    r = nodeagent(*configure)
+    assert (r.returncode, r.stdout) == (0, unchanged + "\n")
+    r = nodeagent(
+        *configure[:2], "apply", "--phase", "bootstrap", "-o", "json", env=fake_nvml.env("t4")
+    )
+    (step,) = [s for s in json.loads(r.stdout)["steps"] if s["step"] == "runtime"]
+    assert (step["status"], step["detail"]) == ("unchanged", unchanged)  # the very same words
+
+    (tmp_path / "etc/docker/daemon.json").unlink()
+    (tmp_path / "etc/docker/daemon.json").mkdir()
+    r = nodeagent(*configure)
+    assert (r.returncode, r.stdout) == (EXIT_BAD_INPUT, "")
+    assert r.stderr.strip().splitlines()[-1] == (
+        "nodeagent: /etc/docker/daemon.json: a directory, not a regular file; refusing to read it"
+    )
+
+
+def test_runtime_configure_with_no_engine_is_a_skip(tmp_path: Path) -> None:
+    (tmp_path / "etc/nodeagent").mkdir(parents=True)
+    (tmp_path / "etc/nodeagent/config.yaml").write_text("runtime:\n  engine: none\n")
+    r = nodeagent("--root", str(tmp_path), "runtime", "configure")
+    assert (r.returncode, r.stdout) == (0, "runtime: skipped (runtime.engine is none)\n")

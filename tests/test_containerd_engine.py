@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from nodeagent.config import Config, ContainerdConfig, RuntimeConfig
 from nodeagent.errors import InputError, StepFailed
 from nodeagent.host.paths import HostRoot
-from nodeagent.runtime.containerd import engine as ct
-from nodeagent.runtime.containerd.engine import ContainerdEngine
-from nodeagent.runtime.engine import ACTIVATE_NONE, ACTIVATE_RESTART
+from nodeagent.runtime.containerd import tomledit as ct
+from nodeagent.runtime.containerd.engine import ContainerdEngine, runtime_mismatches
+from nodeagent.runtime.engine import Activation
 from tests.containerd import Containerd, needs_containerd
 from tests.dockerd import write_runtime_standin
 from tests.realparts import skip_or_fail
@@ -153,7 +153,7 @@ def test_glob_import_already_covering_the_drop_in_adds_no_entry(tmp_path: Path) 
     eng = ContainerdEngine(Config(runtime=RuntimeConfig(engine="containerd")), HostRoot(tmp_path))
     plan = eng.plan(eng.read())
     assert [c.host_path for c in plan.changes] == ["/etc/containerd/conf.d/99-nvidia.toml"]
-    assert plan.activation == ACTIVATE_NONE  # no containerd runs under this root
+    assert plan.activation == Activation.NONE  # no containerd runs under this root
 
 
 def test_a_later_import_with_its_own_cri_section_is_refused(tmp_path: Path) -> None:
@@ -246,13 +246,13 @@ def test_configure_restarts_containerd_into_the_nvidia_runtime_keeping_host_sett
     before_pid = c.pid
     eng = engine(c)
     plan = eng.plan(eng.read())
-    assert plan.activation == ACTIVATE_RESTART
+    assert plan.activation == Activation.RESTART
     assert {ch.host_path for ch in plan.changes} == {
         "/etc/containerd/config.toml",
         "/etc/containerd/conf.d/99-nvidia.toml",
     }
     result = eng.apply(plan)
-    assert result.verified and result.activation == ACTIVATE_RESTART
+    assert result.verified and result.activation == Activation.RESTART
     assert c.pid != before_pid  # restarted
     assert c.cri_status() == "ok"
     cri = dump(c)["plugins"]["io.containerd.grpc.v1.cri"]
@@ -270,7 +270,7 @@ def test_configure_restarts_containerd_into_the_nvidia_runtime_keeping_host_sett
     }
     pid = c.pid
     again = eng.plan(eng.read())
-    assert not again.changed and again.activation == ACTIVATE_NONE
+    assert not again.changed and again.activation == Activation.NONE
     assert eng.apply(again).written == ()
     assert c.pid == pid
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
@@ -324,7 +324,7 @@ def test_rollback_removes_the_runtime_and_restarts(containerd: Containerd) -> No
     eng = engine(c)
     eng.apply(eng.plan(eng.read()))
     result = eng.rollback()
-    assert result.activation == ACTIVATE_RESTART
+    assert result.activation == Activation.RESTART
     assert c.config.read_text() == original
     assert not (c.config.parent / "conf.d" / "99-nvidia.toml").exists()
     cri = dump(c)["plugins"]["io.containerd.grpc.v1.cri"]
@@ -348,18 +348,18 @@ def test_a_stale_nvidia_entry_is_brought_in_line_and_pods_config_loads(
     assert c.restart()
     eng = engine(c, use_drop_in=False)
     facts = eng.read()
-    assert [m.key for m in ct.runtime_mismatches(facts, "nvidia")] == ["options.SystemdCgroup"]
+    assert [m.key for m in runtime_mismatches(facts, "nvidia")] == ["options.SystemdCgroup"]
     result = eng.apply(eng.plan(facts))
-    assert result.verified and result.activation == ACTIVATE_RESTART
+    assert result.verified and result.activation == Activation.RESTART
     assert c.cri_status() == "ok"
     cri = dump(c)["plugins"]["io.containerd.grpc.v1.cri"]
     nvidia = cri["containerd"]["runtimes"]["nvidia"]
     assert nvidia["runtime_type"] == ct.RUNC_V2
     assert nvidia["options"]["SystemdCgroup"] is True
     assert nvidia["privileged_without_host_devices"] is True  # its own key, kept
-    assert ct.runtime_mismatches(eng.read(), "nvidia") == ()
+    assert runtime_mismatches(eng.read(), "nvidia") == ()
     undone = eng.rollback()
-    assert undone.activation == ACTIVATE_RESTART and c.config.read_text() == original
+    assert undone.activation == Activation.RESTART and c.config.read_text() == original
     assert "nothing to undo" in eng.rollback().message
 
 
@@ -748,7 +748,7 @@ def test_what_the_agent_writes_loads_converges_and_rolls_back_exactly(
     eng = offline(root, use_drop_in=use_drop_in, set_as_default=set_default)
 
     result = eng.apply(eng.plan(eng.read()))  # checked by `containerd config dump` inside
-    assert result.written and result.activation == ACTIVATE_NONE
+    assert result.written and result.activation == Activation.NONE
 
     # containerd loads it: the nvidia runtime as asked, following runc, with a type.
     cri = real_dump(root)["plugins"]["io.containerd.grpc.v1.cri"]
@@ -764,7 +764,7 @@ def test_what_the_agent_writes_loads_converges_and_rolls_back_exactly(
     # The agent accepts it and has nothing more to do; check finds no mismatch.
     facts = eng.read()
     assert not eng.plan(facts).changed
-    assert ct.runtime_mismatches(facts, "nvidia") == ()
+    assert runtime_mismatches(facts, "nvidia") == ()
 
     # Rollback puts every byte back (a file the agent created is removed); twice is once.
     first = eng.rollback()
@@ -990,8 +990,9 @@ def test_config_dump_under_a_root_reads_only_the_roots_files(tmp_path: Path) -> 
     (root / "etc/containerd/b.toml").write_text("version = 2\n[grpc]\n  uid = 4242\n")
     eng = offline(root)
     before = _tmp_dirs()
-    data, why = eng.dump()
-    assert data is not None, why
+    dumped = eng.dump()
+    assert dumped.config is not None, dumped.why
+    data = dumped.config
     assert data["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"] == "from-glob:1"
     assert data["grpc"]["uid"] == 4242  # an import's own absolute import: the root's too
     assert _tmp_dirs() == before  # the temp copy is gone
@@ -999,8 +1000,8 @@ def test_config_dump_under_a_root_reads_only_the_roots_files(tmp_path: Path) -> 
     # A file this machine has but the root does not: containerd is told the root's path.
     (root / "etc/containerd/b.toml").unlink()
     (root / "etc/containerd/a.toml").write_text('version = 2\nimports = ["/etc/os-release"]\n')
-    data, why = eng.dump()
-    assert data is None and str(root / "etc/os-release") in why
+    dumped = eng.dump()
+    assert dumped.config is None and str(root / "etc/os-release") in dumped.why
     assert _tmp_dirs() == before
 
 
@@ -1016,7 +1017,7 @@ def test_the_roots_own_containerd_binary_is_the_one_asked(tmp_path: Path) -> Non
     fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\ncat {shown}\n')
     fake.chmod(0o755)
     eng = offline(root)
-    assert eng.check_files() == ""
+    assert eng.check_files() is None
     assert "config dump" in calls.read_text()
 
 

@@ -25,28 +25,12 @@ from typing import Any, Callable, Optional
 import pytest
 import yaml
 
+from tests.hostfiles import CONTAINERD_TOML, CT, DI, DJ, KA, TEMP_MARK
 from tests.realparts import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
-DJ = "/etc/docker/daemon.json"
-CT = "/etc/containerd/config.toml"
-DI = "/etc/containerd/conf.d/99-nvidia.toml"
-KA = "/etc/default/kubelet"
-CRI = "io.containerd.grpc.v1.cri"
-TEMP_MARK = "nodeagent-tmp-"
 
 DAEMON_JSON = '{\r\n    "log-driver": "json-file",\r\n    "live-restore": true\r\n}\r\n'
-CONTAINERD_TOML = f"""version = 2
-
-[plugins."{CRI}"]
-  sandbox_image = "registry.k8s.io/pause:3.9"
-  [plugins."{CRI}".containerd]
-    default_runtime_name = "runc"
-    [plugins."{CRI}".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."{CRI}".containerd.runtimes.runc.options]
-        SystemdCgroup = true
-"""
 STOCK_TOML = '#   containerd.io\'s stock config: all comments\n#root = "/var/lib/containerd"\n'
 KUBELET = "# site\nKUBELET_EXTRA_ARGS=--v=2\n"
 

@@ -29,7 +29,10 @@ def test_the_demo_bootstraps_reports_and_checks_a_simulated_node() -> None:
     )
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
-    assert "runtime      changed       docker: /etc/docker/daemon.json reloaded; verified" in out
+    assert (
+        "runtime      changed       docker: changed /etc/docker/daemon.json; reloaded; verified"
+        in (out)
+    )
     assert "apply all: ok · 1 ok, 3 unchanged" in out  # the second apply changed nothing
     assert "check all on gpu-node-1: pass · 12 pass" in out
     assert "nvidia.com/GPUReady   True" in out  # kubectl describe node

@@ -27,7 +27,7 @@ from nodeagent.errors import StepFailed
 from nodeagent.host.paths import HostRoot
 from nodeagent.host.service import ServiceControl
 from nodeagent.runtime.docker.engine import DockerEngine
-from nodeagent.runtime.engine import ACTIVATE_RELOAD, ACTIVATE_RESTART
+from nodeagent.runtime.engine import Activation
 from tests.dockerd import BASE_CONFIG, Dockerd, needs_dockerd, write_runtime_standin
 from tests.realparts import skip_or_fail
 
@@ -90,9 +90,9 @@ def test_reload_makes_nvidia_default_and_running_container_survives(dockerd: Doc
     pid = dockerd.pid
     eng = engine(dockerd)
     plan = eng.plan(eng.read())
-    assert plan.activation == ACTIVATE_RELOAD
+    assert plan.activation == Activation.RELOAD
     result = eng.apply(plan)
-    assert (result.activation, result.verified) == (ACTIVATE_RELOAD, True)
+    assert (result.activation, result.verified) == (Activation.RELOAD, True)
     info = dockerd.info()
     assert info["DefaultRuntime"] == "nvidia"
     assert "nvidia" in info["Runtimes"]
@@ -130,9 +130,9 @@ def test_restart_with_allow_restart_comes_back_verified(dockerd: Dockerd) -> Non
     pid = dockerd.pid
     eng = engine(dockerd, restart_mode="restart", allow_restart=True)
     plan = eng.plan(eng.read())
-    assert plan.activation == ACTIVATE_RESTART
+    assert plan.activation == Activation.RESTART
     result = eng.apply(plan)
-    assert (result.activation, result.verified) == (ACTIVATE_RESTART, True)
+    assert (result.activation, result.verified) == (Activation.RESTART, True)
     assert dockerd.pid != pid
     assert dockerd.info()["DefaultRuntime"] == "nvidia"
 
@@ -195,7 +195,7 @@ def test_reload_that_does_not_take_falls_back_to_restart(dockerd: Dockerd) -> No
     pid = dockerd.pid
     eng = silent_reload(dockerd)
     result = eng.apply(eng.plan(eng.read()))
-    assert (result.activation, result.verified) == (ACTIVATE_RESTART, True)
+    assert (result.activation, result.verified) == (Activation.RESTART, True)
     assert result.message == (
         "docker did not take the new /etc/docker/daemon.json on reload (see docker's log); "
         "restarted docker; it shows the nvidia runtime"
@@ -507,11 +507,11 @@ def test_no_default_after_set_as_default_demotes_it_by_a_reload(dockerd: Dockerd
     assert dockerd.info()["DefaultRuntime"] == "nvidia"
     no_default = engine(dockerd, set_as_default=False)
     plan = no_default.plan(no_default.read())
-    assert plan.activation == ACTIVATE_RELOAD  # a changed value, not a removed key
+    assert plan.activation == Activation.RELOAD  # a changed value, not a removed key
     assert '-  "default-runtime": "nvidia"' in plan.diff()
     assert '+  "default-runtime": "runc"' in plan.diff()
     result = no_default.apply(plan)
-    assert (result.activation, result.verified) == (ACTIVATE_RELOAD, True)
+    assert (result.activation, result.verified) == (Activation.RELOAD, True)
     info = dockerd.info()
     assert info["DefaultRuntime"] == "runc"
     assert "nvidia" in info["Runtimes"]  # still there for --runtime nvidia / a RuntimeClass
@@ -628,7 +628,7 @@ def test_rollback_of_a_malformed_file_restarts_only_when_allowed(dockerd: Docker
     # allowed to restart: the same rollback restarts docker onto the restored file
     dockerd.config.write_text('{"runtimes": null')
     result = engine(dockerd, allow_restart=True).rollback()
-    assert (result.activation, dockerd.config.read_bytes()) == (ACTIVATE_RESTART, before)
+    assert (result.activation, dockerd.config.read_bytes()) == (Activation.RESTART, before)
     assert result.message.endswith("; restarted docker")
     assert dockerd.pid != pid
     assert dockerd.info()["DefaultRuntime"] == "runc"

@@ -37,21 +37,15 @@ import pytest
 import tomlkit
 import yaml
 
+from tests.hostfiles import CONTAINERD_TOML, CRI, CT, DI, DJ, KA, RUNC_V2, TEMP_MARK
 from tests.realparts import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
-DJ = "/etc/docker/daemon.json"
-CT = "/etc/containerd/config.toml"
-DI = "/etc/containerd/conf.d/99-nvidia.toml"
-KA = "/etc/default/kubelet"
 CFG = "/etc/nodeagent/config.yaml"
 KC = "/etc/kubernetes/kubelet.conf"
 LOCK = "/run/nodeagent/nodeagent.lock"
 BACKUPS = "/var/lib/nodeagent/backups"
 TAINT = "--register-with-taints=readiness.k8s.io/nvidia-gpu-not-ready:NoSchedule"
-CRI = "io.containerd.grpc.v1.cri"
-RUNC_V2 = "io.containerd.runc.v2"
-TEMP_MARK = "nodeagent-tmp-"
 
 # The agent's config on every scratch root: the engine is set (no daemon runs, so every
 # case is write-only and fast) and every wait is short.
@@ -63,18 +57,6 @@ BASE_CONFIG: dict[str, Any] = {
 }
 CONTAINERD = {"runtime": {"engine": "containerd", "verify_timeout_s": 1}}
 
-# A node's config.toml as kubeadm guides write it (version 2, runc with the systemd driver).
-CONTAINERD_TOML = f"""version = 2
-
-[plugins."{CRI}"]
-  sandbox_image = "registry.k8s.io/pause:3.9"
-  [plugins."{CRI}".containerd]
-    default_runtime_name = "runc"
-    [plugins."{CRI}".containerd.runtimes.runc]
-      runtime_type = "{RUNC_V2}"
-      [plugins."{CRI}".containerd.runtimes.runc.options]
-        SystemdCgroup = true
-"""
 # containerd.io's stock /etc/containerd/config.toml: nothing but comments.
 STOCK_TOML = """#   Copyright 2018-2022 Docker Inc.
 
@@ -333,6 +315,11 @@ class Case:
 
 
 CASES: list[Case] = []
+
+
+def inject(op: str, err: str) -> tuple[str, ...]:
+    """tests/crashpoint.py options: daemon.json's first ``op`` fails with ``err``."""
+    return ("--op", op, "--name", "daemon.json", "--nth", "1", "--action", "fail", "--errno", err)
 
 
 def case(*args: Any, **kw: Any) -> None:
@@ -822,18 +809,7 @@ for err, says in (
         code=1,
         says=(DJ, says),
         same=("/etc/docker",),
-        wrap=(
-            "--op",
-            "write",
-            "--name",
-            "daemon.json",
-            "--nth",
-            "1",
-            "--action",
-            "fail",
-            "--errno",
-            err,
-        ),
+        wrap=inject("write", err),
     )
 case(
     "injected-eio-on-fsync",
@@ -842,18 +818,7 @@ case(
     code=1,
     says=(DJ,),
     same=("/etc/docker",),
-    wrap=(
-        "--op",
-        "fsync",
-        "--name",
-        "daemon.json",
-        "--nth",
-        "1",
-        "--action",
-        "fail",
-        "--errno",
-        "EIO",
-    ),
+    wrap=inject("fsync", "EIO"),
 )
 case(
     "injected-exdev-on-replace",
@@ -862,18 +827,7 @@ case(
     code=1,
     says=(DJ,),
     same=("/etc/docker",),
-    wrap=(
-        "--op",
-        "replace",
-        "--name",
-        "daemon.json",
-        "--nth",
-        "1",
-        "--action",
-        "fail",
-        "--errno",
-        "EXDEV",
-    ),
+    wrap=inject("replace", "EXDEV"),
 )
 
 # === a non-root user ============================================================================

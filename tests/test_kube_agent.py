@@ -14,17 +14,21 @@ from typing import Any, Optional
 
 import pytest
 
+from nodeagent.config import KubeConfig
 from nodeagent.errors import InputError, StepFailed
 from nodeagent.gpu.inventory import Inventory
 from nodeagent.host.paths import HostRoot
 from nodeagent.kube import kubeletargs
 from nodeagent.kube.client import APIRefused, KubeAPI, NodeAPI
 from nodeagent.kube.controller import Controller, Rules
-from nodeagent.kube.readiness import CONDITION_TYPE, STARTUP_TAINT_KEY, Facts, Readiness, assess
+from nodeagent.kube.node import ConditionStatus, Node, Taint
+from nodeagent.kube.readiness import Facts, Readiness, assess
 from nodeagent.kube.report import Report
 from tests.kubeapi import Fault, KubeAPIServer
 
 NODE = "gpu-1"
+CONDITION_TYPE = KubeConfig().condition_type
+STARTUP_TAINT_KEY = KubeConfig().startup_taint_key
 LABELS = {"nvidia.com/gpu.present": "true", "gpu": "true", "gpu-type": "H100"}
 
 
@@ -36,9 +40,16 @@ def node_api(srv: KubeAPIServer, tmp_path: Path, name: str = NODE, **kw: Any) ->
 
 def ready(status: str = "True", reason: str = "GPUReady") -> Any:
     def fn(capacity: Optional[Mapping[str, str]]) -> Readiness:
-        return Readiness(status, reason, f"{reason} (test)")
+        return Readiness(ConditionStatus(status), reason, f"{reason} (test)")
 
     return fn
+
+
+def own(api: NodeAPI) -> Node:
+    """The agent's Node as its own API reads it (it must exist)."""
+    node = api.get_node()
+    assert node is not None
+    return node
 
 
 def report(labels: Mapping[str, str] = LABELS, readiness: Any = None) -> Report:
@@ -59,7 +70,7 @@ def test_registration_order_kubelet_args_first_then_the_node_then_the_report(
 ) -> None:
     # 1. bootstrap: the kubelet's args carry the labels and the startup taint
     root = HostRoot(tmp_path / "root")
-    taint = kubeletargs.Taint(STARTUP_TAINT_KEY, "", "NoSchedule")
+    taint = Taint(STARTUP_TAINT_KEY, "", "NoSchedule")
     change = kubeletargs.plan(root, "/etc/default/kubelet", LABELS, taint)
     assert change.new is not None
     change.path.parent.mkdir(parents=True)
@@ -84,8 +95,8 @@ def test_registration_order_kubelet_args_first_then_the_node_then_the_report(
         capacity={"nvidia.com/gpu": "8"},
     )
     waiter.join(5)
-    assert found["node"]["metadata"]["labels"]["gpu-type"] == "H100"
-    assert found["node"]["spec"]["taints"] == [{"key": STARTUP_TAINT_KEY, "effect": "NoSchedule"}]
+    assert found["node"].labels["gpu-type"] == "H100"
+    assert found["node"].taints == (Taint(STARTUP_TAINT_KEY, "", "NoSchedule"),)
 
     # 3. the report: labels already there (only the ownership annotation), condition, event
     before = srv.writes()
@@ -98,7 +109,7 @@ def test_registration_order_kubelet_args_first_then_the_node_then_the_report(
     assert srv.writes() - before == 3  # labels+annotation, status, event
 
     # 4. idempotent: nothing more to write
-    again = report().apply(api, node)
+    again = report().apply(api, Node.from_api(node))
     assert not (again.labels_changed or again.condition_changed or again.event)
     assert srv.writes() - before == 3
 
@@ -106,8 +117,8 @@ def test_registration_order_kubelet_args_first_then_the_node_then_the_report(
 def test_stale_labels_go_and_other_tools_labels_stay(srv: KubeAPIServer, tmp_path: Path) -> None:
     srv.create_node(NODE, labels={"team": "ml", "feature.node.kubernetes.io/x": "1"})
     api = node_api(srv, tmp_path)
-    report({"gpu": "true", "gpu-type": "T4"}).apply(api, api.get_node() or {})
-    report({"gpu": "true"}).apply(api, api.get_node() or {})
+    report({"gpu": "true", "gpu-type": "T4"}).apply(api, own(api))
+    report({"gpu": "true"}).apply(api, own(api))
     labels = (srv.get_node(NODE) or {})["metadata"]["labels"]
     assert "gpu-type" not in labels
     assert labels["gpu"] == "true" and labels["team"] == "ml"
@@ -120,12 +131,12 @@ def test_condition_transition_time_moves_only_when_the_status_does(
     srv.create_node(NODE)
     api = node_api(srv, tmp_path)
     t1, t2 = "2027-01-01T00:00:00Z", "2027-01-01T00:01:00Z"
-    report(readiness=ready("False", "DriverNotLoaded")).apply(api, api.get_node() or {}, now=t1)
-    report(readiness=ready("False", "GPULost")).apply(api, api.get_node() or {}, now=t2)
+    report(readiness=ready("False", "DriverNotLoaded")).apply(api, own(api), now=t1)
+    report(readiness=ready("False", "GPULost")).apply(api, own(api), now=t2)
     c = condition(srv.get_node(NODE) or {})
     assert c["reason"] == "GPULost" and c["lastTransitionTime"] == "2027-01-01T00:00:00Z"
     assert c["lastHeartbeatTime"] == "2027-01-01T00:01:00Z"
-    report().apply(api, api.get_node() or {}, now="2027-01-01T00:02:00Z")
+    report().apply(api, own(api), now="2027-01-01T00:02:00Z")
     c = condition(srv.get_node(NODE) or {})
     assert c["status"] == "True" and c["lastTransitionTime"] == "2027-01-01T00:02:00Z"
     # one Event per status change: False, then True (not for the reason-only change)
@@ -140,7 +151,7 @@ def test_the_kubelets_conditions_are_untouched(srv: KubeAPIServer, tmp_path: Pat
                      "lastHeartbeatTime": "2027-01-01T00:00:00Z"}  # fmt: skip
     srv.create_node(NODE, conditions=[kubelet_ready])
     api = node_api(srv, tmp_path)
-    report().apply(api, api.get_node() or {})
+    report().apply(api, own(api))
     conditions = {c["type"]: c for c in (srv.get_node(NODE) or {})["status"]["conditions"]}
     assert set(conditions) == {"Ready", CONDITION_TYPE}  # merged by type, not replaced
     assert conditions["Ready"] == kubelet_ready
@@ -156,7 +167,7 @@ def test_device_plugin_capacity_gates_readiness(
     srv.create_node(NODE, capacity={"cpu": "96", "memory": "2Ti"})  # the kubelet's, no GPUs yet
     api = node_api(srv, tmp_path)
     rep = report(readiness=lambda cap: assess(Facts(inventory=inv, runtime_ok=True, capacity=cap)))
-    rep.apply(api, api.get_node() or {})
+    rep.apply(api, own(api))
     assert condition(srv.get_node(NODE) or {})["reason"] == "DevicePluginNotReady"
     srv.update_node(
         NODE,
@@ -164,7 +175,7 @@ def test_device_plugin_capacity_gates_readiness(
             n.setdefault("status", {}).setdefault("capacity", {}).update({"nvidia.com/gpu": "8"})
         ),
     )
-    rep.apply(api, api.get_node() or {})
+    rep.apply(api, own(api))
     assert condition(srv.get_node(NODE) or {})["status"] == "True"
 
 
@@ -172,7 +183,7 @@ def test_node_restriction_refusal_is_one_clear_line(srv: KubeAPIServer, tmp_path
     srv.create_node(NODE)
     api = node_api(srv, tmp_path)
     with pytest.raises(APIRefused) as e:
-        report({"node-restriction.kubernetes.io/gpu": "true"}).apply(api, api.get_node() or {})
+        report({"node-restriction.kubernetes.io/gpu": "true"}).apply(api, own(api))
     assert e.value.status == 403
     msg = str(e.value)
     assert "\n" not in msg and "node-restriction.kubernetes.io/gpu" in msg
@@ -205,7 +216,7 @@ def test_faults_are_survived(
 ) -> None:
     srv.create_node(NODE)
     api = node_api(srv, tmp_path)
-    node = api.get_node() or {}
+    node = own(api)
     srv.inject(fault)
     t0 = time.monotonic()
     report().apply(api, node)
@@ -218,7 +229,7 @@ def test_faults_are_survived(
 def test_an_outage_longer_than_the_deadline_is_reported(srv: KubeAPIServer, tmp_path: Path) -> None:
     srv.create_node(NODE)
     api = node_api(srv, tmp_path, deadline_s=1.5)
-    node = api.get_node() or {}
+    node = own(api)
     srv.inject(Fault(method="PATCH", kind="503", count=1000))
     t0 = time.monotonic()
     with pytest.raises(StepFailed, match="gave up after") as e:
@@ -337,7 +348,7 @@ def test_controller_lifts_the_startup_taint_within_a_second(
     try:
         time.sleep(0.3)
         api = node_api(srv, tmp_path)
-        report().apply(api, api.get_node() or {})
+        report().apply(api, own(api))
         t0 = time.monotonic()
         while time.monotonic() - t0 < 1.0:
             if (srv.get_node(NODE) or {})["spec"].get("taints") == [other]:
@@ -346,7 +357,7 @@ def test_controller_lifts_the_startup_taint_within_a_second(
         assert (srv.get_node(NODE) or {})["spec"]["taints"] == [other]
 
         # sick: False for longer than the grace period -> the unhealthy taint, no polling
-        report(readiness=ready("False", "GPULost")).apply(api, api.get_node() or {})
+        report(readiness=ready("False", "GPULost")).apply(api, own(api))
         time.sleep(0.2)
         assert (srv.get_node(NODE) or {})["spec"]["taints"] == [other]  # still in grace
         deadline = time.monotonic() + 4
@@ -367,7 +378,7 @@ def test_controller_lifts_the_startup_taint_within_a_second(
 def test_kubectl_sees_what_the_agent_wrote(srv: KubeAPIServer, tmp_path: Path) -> None:
     srv.create_node(NODE)
     api = node_api(srv, tmp_path)
-    report().apply(api, api.get_node() or {})
+    report().apply(api, own(api))
     admin = srv.admin_kubeconfig(tmp_path / "admin")
     out = subprocess.run(
         ["kubectl", "--kubeconfig", str(admin), "wait", f"--for=condition={CONDITION_TYPE}=True",
@@ -389,7 +400,7 @@ def test_token_auth_works_like_a_certificate(srv: KubeAPIServer, tmp_path: Path)
     kc = srv.kubeconfig(tmp_path / "token.kc", user=f"system:node:{NODE}",
                         groups=["system:nodes"], auth="token")  # fmt: skip
     api = NodeAPI(kc, NODE, deadline_s=5)
-    report().apply(api, api.get_node() or {})
+    report().apply(api, own(api))
     assert condition(srv.get_node(NODE) or {})["status"] == "True"
     assert {r.user for r in srv.requests if r.method == "PATCH"} == {f"system:node:{NODE}"}
 
@@ -400,10 +411,10 @@ def test_controller_rereads_on_conflict_and_keeps_the_other_taint(
     startup = {"key": STARTUP_TAINT_KEY, "effect": "NoSchedule"}
     srv.create_node(NODE, taints=[startup])
     api = node_api(srv, tmp_path)
-    report().apply(api, api.get_node() or {})
+    report().apply(api, own(api))
     rules = Rules(CONDITION_TYPE, STARTUP_TAINT_KEY, "nodeagent.io/gpu-unhealthy", grace_s=60)
     ctl = Controller(admin_api(srv, tmp_path), rules)
-    ctl.nodes[NODE] = srv.get_node(NODE) or {}  # what the controller saw ...
+    ctl.nodes[NODE] = Node.from_api(srv.get_node(NODE))  # what the controller saw ...
     other = {"key": "maintenance", "effect": "NoSchedule"}
     srv.update_node(NODE, lambda n: n["spec"]["taints"].append(other))  # ... then changed
     ctl.reconcile(NODE)
@@ -427,7 +438,7 @@ def wait_for(what: str, probe: Any, timeout: float) -> None:
 def startup_tainted_ready_node(srv: KubeAPIServer, tmp_path: Path) -> None:
     srv.create_node(NODE, taints=[{"key": STARTUP_TAINT_KEY, "effect": "NoSchedule"}])
     api = node_api(srv, tmp_path)
-    report().apply(api, api.get_node() or {})
+    report().apply(api, own(api))
 
 
 def untainted() -> Any:

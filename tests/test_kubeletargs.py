@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.config import Config
+from nodeagent.config import Config, KubeConfig
 from nodeagent.errors import InputError
 from nodeagent.host.paths import HostRoot
 from nodeagent.host.writer import Writer
 from nodeagent.kube import kubeletargs as ka
+from nodeagent.kube.node import Taint
 
-TAINT = ka.Taint("readiness.k8s.io/nvidia-gpu-not-ready", "", "NoSchedule")
+TAINT = Taint("readiness.k8s.io/nvidia-gpu-not-ready", "", "NoSchedule")
 LABELS = {"gpu": "true", "gpu-type": "H100", "nvidia.com/gpu.count": "8"}
 
 
@@ -136,6 +137,13 @@ def test_unparseable_file_names_the_line(tmp_path: Path) -> None:
 )
 def test_detect_path(os_release: str | None, path: str) -> None:
     assert ka.detect_path(os_release) == path
+    assert ka.find_path(KubeConfig(), os_release) == path
+    assert ka.find_path(KubeConfig(kubelet_args_file="/etc/x"), os_release) == "/etc/x"
+
+
+def test_the_startup_taint_is_built_from_the_config() -> None:
+    assert ka.startup_taint(KubeConfig()) == TAINT
+    assert ka.startup_taint(KubeConfig(startup_taint=False)) is None
 
 
 label_values = st.from_regex(r"\A([A-Za-z0-9]([-A-Za-z0-9_.]{0,20}[A-Za-z0-9])?)?\Z")

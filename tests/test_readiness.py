@@ -15,7 +15,10 @@ from nodeagent.gpu.inventory import (
     Inventory,
     MigDevice,
 )
-from nodeagent.kube.readiness import FALSE, TRUE, UNKNOWN, Facts, assess
+from nodeagent.kube.node import ConditionStatus
+from nodeagent.kube.readiness import Facts, assess
+
+TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
 
 def inv(n: int = 2, **kw: object) -> Inventory:

@@ -5,7 +5,9 @@ Imports are lazy: each command imports what it needs when it runs, so ``nodeagen
 
 :func:`main` is the one error boundary: a :class:`NodeagentError` prints its one line and
 exit code; any other exception is a bug and prints one line too (exit 70), never a
-traceback (``-vv`` logs it).
+traceback (``-vv`` logs it). Each command turns its flags into a call on the walk (or the
+daemon, the controller, the runtime engines) and prints through :mod:`nodeagent.cli.render`;
+no other layer imports this one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import dataclasses
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -82,11 +84,33 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+if TYPE_CHECKING:
+    # The subcommands' collection: its add_parser makes one command's parser.
+    Commands = argparse._SubParsersAction[_Parser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="nodeagent",
         description="Bootstrap and report NVIDIA GPU nodes for Kubernetes.",
     )
+    _global_flags(p)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (
+        _add_apply,
+        _add_check,
+        _add_run,
+        _add_detect,
+        _add_runtime,
+        _add_rollback,
+        _add_controller,
+    ):
+        add(sub)
+    return p
+
+
+def _global_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=f"nodeagent {__version__}")
     p.add_argument(
         "--config",
@@ -105,16 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("json", "console"),
         help="log format on stderr (default: console on a TTY, JSON lines otherwise)",
     )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
+
+# walk.steps.Phase's values (tests/test_cli.py holds them together): written out, so that
+# building the parser imports no walk module.
+PHASE_CHOICES = ("bootstrap", "report", "all")
+
+
+def _add_apply(sub: Commands) -> None:
     ap = sub.add_parser(
         "apply",
         help="the whole job: detect, configure the runtime, kubelet args, report to the Node",
     )
     ap.add_argument(
         "--phase",
-        choices=("bootstrap", "report", "all"),
+        choices=PHASE_CHOICES,
         default="all",
         help="bootstrap: before the kubelet registers (runtime, kubelet args); report: after "
         "(labels, condition, event); all: both (default)",
@@ -122,23 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--dry-run", action="store_true", help="print every file diff and API patch, change nothing"
     )
-    ap.add_argument(
-        "--allow-restart",
-        action="store_const",
-        const=True,
-        help="allow a runtime restart that stops running containers (live-restore off)",
-    )
+    _allow_restart(ap, "allow a runtime restart that stops running containers (live-restore off)")
     ap.add_argument("-o", "--output", choices=("text", "json"), default="text")
     ap.set_defaults(func=cmd_apply)
 
+
+def _add_check(sub: Commands) -> None:
     ck = sub.add_parser(
         "check", help="read-only probes of the driver, runtime, kubelet and Node; exit 1 on a fail"
     )
     ck.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    ck.add_argument("--phase", choices=("bootstrap", "report", "all"), default="all")
+    ck.add_argument("--phase", choices=PHASE_CHOICES, default="all")
     ck.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     ck.set_defaults(func=cmd_check)
 
+
+def _add_run(sub: Commands) -> None:
     rn = sub.add_parser(
         "run",
         help="the daemon (systemd Type=notify): apply, then watch XIDs and GPUs and keep the "
@@ -146,17 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rn.set_defaults(func=cmd_run)
 
+
+def _add_detect(sub: Commands) -> None:
     d = sub.add_parser("detect", help="show the GPU inventory and the labels the node would get")
     d.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     d.set_defaults(func=cmd_detect)
 
+
+def _add_runtime(sub: Commands) -> None:
     rt = sub.add_parser("runtime", help="configure the container runtime")
     rt_sub = rt.add_subparsers(dest="runtime_command", metavar="ACTION")
     rt_sub.required = True
     c = rt_sub.add_parser(
         "configure", help="add the nvidia runtime to docker or containerd, safely"
     )
-    _runtime_flags(c)
+    _runtime_flag(c)
     default = c.add_mutually_exclusive_group()
     default.add_argument(
         "--set-as-default",
@@ -167,27 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     default.add_argument("--no-default", dest="set_as_default", action="store_const", const=False)
     c.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
-    c.add_argument(
-        "--allow-restart",
-        action="store_const",
-        const=True,
-        help="allow a restart that stops running containers (live-restore off)",
-    )
+    _allow_restart(c)
     c.add_argument("--restart-mode", choices=("auto", "reload", "restart", "none"))
     c.set_defaults(func=cmd_runtime_configure)
 
+
+def _add_rollback(sub: Commands) -> None:
     rb = sub.add_parser(
         "rollback", help="restore the newest backup of the runtime's config and reload/restart"
     )
-    _runtime_flags(rb)
-    rb.add_argument(
-        "--allow-restart",
-        action="store_const",
-        const=True,
-        help="allow a restart that stops running containers (live-restore off)",
-    )
+    _runtime_flag(rb)
+    _allow_restart(rb)
     rb.set_defaults(func=cmd_rollback)
 
+
+def _add_controller(sub: Commands) -> None:
     ctl = sub.add_parser(
         "controller",
         help="in the cluster: lift the startup taint when GPUReady is True, taint nodes whose "
@@ -199,14 +225,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="credential that may get/list/watch/patch nodes (default: the pod's service account)",
     )
     ctl.set_defaults(func=cmd_controller)
-    return p
 
 
-def _runtime_flags(p: argparse.ArgumentParser) -> None:
+def _allow_restart(
+    p: argparse.ArgumentParser,
+    text: str = "allow a restart that stops running containers (live-restore off)",
+) -> None:
+    p.add_argument("--allow-restart", action="store_const", const=True, help=text)
+
+
+class _EngineChoices:
+    """``--runtime``'s choices: ``auto`` and the registry's engines, read from the registry
+    only when argparse looks (on ``--runtime`` or help), since the registry imports every
+    engine and most commands need none."""
+
+    def _names(self) -> tuple[str, ...]:
+        from nodeagent.runtime.registry import names
+
+        return ("auto", *names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
+def _runtime_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runtime",
-        choices=("auto", "docker", "containerd"),
-        help="which runtime (default: config runtime.engine, auto = what is installed and running)",
+        metavar="ENGINE",  # a metavar from the choices would read the registry now
+        choices=_EngineChoices(),  # type: ignore[arg-type]
+        help="which runtime: %(choices)s (default: config runtime.engine; auto = what is "
+        "installed and running)",
     )
 
 
@@ -223,82 +274,65 @@ def _runtime_config(ctx: Context) -> Config:
 
 
 def cmd_runtime_configure(ctx: Context) -> int:
-    from nodeagent.runtime.select import choose, make_engine
-    from nodeagent.walk.steps import activation_done
+    """The runtime step of ``apply`` alone (one code path, one wording): the diff on
+    --dry-run, then one line; a failed step is the one error line on stderr."""
+    from nodeagent.cli.render import runtime_line
+    from nodeagent.walk.agent import Agent
+    from nodeagent.walk.steps import Status
 
-    cfg = _runtime_config(ctx)
-    root = ctx.root()
-    name = choose(cfg, root, ctx.args.runtime)
-    if name is None:
-        print("runtime: skipped (runtime.engine is none)")
-        return EXIT_OK
-    engine = make_engine(name, cfg, root)
-    plan = engine.plan(engine.read())
-    for warning in plan.warnings:
-        print(f"{name}: warning: {warning}")
-    files = ", ".join(c.host_path for c in plan.changes if c.changed)
-    if not plan.changed:
-        print(f"{name}: unchanged (the nvidia runtime is already configured)")
-        return EXIT_OK
-    if ctx.args.dry_run:
-        sys.stdout.write(plan.diff())
-        print(f"{name}: would change {files}; then {plan.activation} ({plan.reason})")
-        return EXIT_OK
-    result = engine.apply(plan)
-    if not result.written:  # a concurrent run configured it first, under the host lock
-        print(f"{name}: unchanged (the nvidia runtime is already configured, by another run)")
-        return EXIT_OK
-    state = "verified" if result.verified else "not verified"
-    detail = f" ({result.message})" if result.message else ""
-    written = ", ".join(result.written)
-    print(f"{name}: changed {written}; {activation_done(result.activation)}; {state}{detail}")
+    agent = Agent(_runtime_config(ctx), ctx.root())
+    r, _ = agent.step_runtime(configure=True, dry_run=ctx.args.dry_run, engine=ctx.args.runtime)
+    if r.status is Status.FAILED:
+        print(f"nodeagent: {r.detail}", file=sys.stderr)
+        return r.exit_code
+    sys.stdout.write(r.diff)
+    print(runtime_line(r))
     return EXIT_OK
 
 
 def cmd_apply(ctx: Context) -> int:
+    from nodeagent.cli.render import apply_summary, emit, step_line
     from nodeagent.walk.agent import Agent
-    from nodeagent.walk.steps import StepResult
+    from nodeagent.walk.steps import Phase, StepResult
 
     cfg = _runtime_config(ctx)
     text = ctx.args.output == "text"
 
-    def emit(r: StepResult) -> None:
+    def show(r: StepResult) -> None:
         if text:
-            print(r.line(), flush=True)
+            print(step_line(r), flush=True)
             if r.diff:
                 sys.stdout.write(r.diff if r.diff.endswith("\n") else r.diff + "\n")
 
     agent = Agent(cfg, ctx.root())
     try:
-        outcome = agent.apply(ctx.args.phase, dry_run=ctx.args.dry_run, emit=emit)
+        outcome = agent.apply(Phase(ctx.args.phase), dry_run=ctx.args.dry_run, emit=show)
     finally:
         agent.close()
     if text:
-        print(outcome.summary())
+        print(apply_summary(outcome))
     else:
-        from nodeagent.cli.render import emit as emit_doc
-
-        emit_doc(outcome.to_dict(), "json")
+        emit(outcome.to_dict(), "json")
     return outcome.exit_code
 
 
 def cmd_check(ctx: Context) -> int:
+    from nodeagent.cli.render import check_table, emit
     from nodeagent.walk import check
     from nodeagent.walk.agent import Agent
+    from nodeagent.walk.steps import Phase
 
     agent = Agent(ctx.config(), ctx.root())
     try:
-        report = check.run(agent, ctx.args.phase)
+        report = check.run(agent, Phase(ctx.args.phase))
     finally:
         agent.close()
     strict = ctx.args.strict
     if ctx.args.output == "json":
-        from nodeagent.cli.render import emit
-
         emit(report.to_dict(strict), "json")
     else:
         colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        sys.stdout.write(check.render(report, colour, strict))
+        sys.stdout.write(check_table(report, colour, strict))
     return report.exit_code(strict)
 
 
@@ -310,7 +344,8 @@ def cmd_run(ctx: Context) -> int:
 
 
 def cmd_rollback(ctx: Context) -> int:
-    from nodeagent.runtime.select import choose, make_engine
+    from nodeagent.runtime.registry import make_engine
+    from nodeagent.runtime.select import choose
 
     cfg = _runtime_config(ctx)
     root = ctx.root()

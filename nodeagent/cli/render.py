@@ -1,7 +1,9 @@
-"""Rendering command results for people (tables) and programs (JSON, YAML).
+"""Rendering command results for people (lines, tables) and programs (JSON, YAML).
 
-Every human-readable form the CLI prints is made here or by the record it renders
-(:meth:`StepResult.line`, :func:`nodeagent.walk.check.render`).
+Every human-readable form the CLI prints is made here: apply's step lines and summary,
+``runtime configure``'s line, check's table, the detect table. Pure: strings from records,
+no I/O but :func:`emit`'s write to the stream it is given. May import the records it
+renders (walk, gpu); nothing below the CLI imports it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from nodeagent.gpu.inventory import Inventory
+from nodeagent.walk.check import Report, Result
+from nodeagent.walk.steps import Outcome, Status, StepResult
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -79,3 +83,56 @@ def detect_table(inv: Inventory, labels: dict[str, str]) -> str:
     )
     label_lines = "".join(f"  {k}={v}\n" for k, v in sorted(labels.items()))
     return f"{head}{gpus}\nLabels ({len(labels)}):\n{label_lines}"
+
+
+# --- apply -------------------------------------------------------------------------------
+
+
+def step_line(r: StepResult) -> str:
+    """``runtime      changed       docker: changed /etc/docker/daemon.json; ...``"""
+    return f"{r.step:<13}{r.status:<14}{r.detail}"
+
+
+def apply_summary(outcome: Outcome) -> str:
+    """``apply bootstrap: ok · 1 ok, 2 changed · 0.11 s`` (an ASCII stream shows - for the
+    dots: ``cli.main._tolerant_streams``)."""
+    parts = [f"{outcome.count(s)} {s}" for s in Status if outcome.count(s)]
+    verdict = "failed" if outcome.failed else ("dry run" if outcome.dry_run else "ok")
+    head = f"apply {outcome.phase}: {verdict}"
+    if outcome.failed:
+        head += f" (first failure: {outcome.failed[0].step})"
+    return f"{head} · {', '.join(parts)} · {outcome.elapsed_s:.2f} s"
+
+
+def runtime_line(r: StepResult) -> str:
+    """``runtime configure``'s line: the runtime step's own detail (it names the engine
+    and what happened), or ``runtime: skipped (why)``."""
+    return f"{r.step}: {r.status} ({r.detail})" if r.status is Status.SKIPPED else r.detail
+
+
+# --- check -------------------------------------------------------------------------------
+
+_COLOURS = {Result.PASS: "32", Result.WARN: "33", Result.FAIL: "31", Result.SKIP: "2"}
+
+
+def check_table(report: Report, colour: bool, strict: bool = False) -> str:
+    """The one-screen table: a line per probe, a fix line under each warn/fail."""
+
+    def paint(text: str, result: Result) -> str:
+        return f"\033[{_COLOURS[result]}m{text}\033[0m" if colour else text
+
+    width = max(len(p.name) for p in report.probes) if report.probes else 4
+    lines = []
+    for p in report.probes:
+        mark = paint(f"{p.result.value.upper():<4}", p.result)
+        lines.append(f"{mark}  {p.name:<{width}}  {p.message}")
+        if p.hint and p.result in (Result.WARN, Result.FAIL):
+            lines.append(f"{'':4}  {'':<{width}}  fix: {p.hint}")
+    counts = {r: sum(1 for p in report.probes if p.result is r) for r in Result}
+    verdict = report.worst(strict)
+    summary = ", ".join(f"{n} {r}" for r, n in counts.items() if n)
+    lines.append(
+        f"check {report.phase} on {report.node}: {paint(str(verdict), verdict)} · {summary} · "
+        f"{report.elapsed_s:.2f} s"
+    )
+    return "\n".join(lines) + "\n"

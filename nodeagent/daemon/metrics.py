@@ -8,6 +8,9 @@ threads) and exposes them as Prometheus text format 0.0.4, either served over HT
 Names are given without the namespace: ``describe("gpus", "gauge", ...)`` is exposed as
 ``nodeagent_gpus``; a counter gets the ``_total`` suffix the format asks of counters
 (``describe("restarts", "counter", ...)`` → ``nodeagent_restarts_total``).
+
+Generic: it knows no daemon metric (those are :mod:`nodeagent.daemon.telemetry`'s) and
+touches one host file, the textfile it is asked to write, through the one writer.
 """
 
 from __future__ import annotations
@@ -105,24 +108,6 @@ class Metrics:
             if family.kind == "counter" and by < 0:
                 raise ValueError(f"counter {name!r} cannot be decreased (by={by})")
             family.samples[key] = family.samples.get(key, 0.0) + by
-
-    def remove(self, name: str, labels: Optional[Mapping[str, str]] = None) -> None:
-        """Drop the sample of ``name`` with exactly ``labels`` (a GPU gone); the metric stays
-        described. No such sample is not an error."""
-        key = _label_key(labels)
-        with self._lock:
-            self._family(name).samples.pop(key, None)
-
-    def clear(self, name: str) -> None:
-        """Drop every sample of ``name``."""
-        with self._lock:
-            self._family(name).samples.clear()
-
-    def value(self, name: str, labels: Optional[Mapping[str, str]] = None) -> Optional[float]:
-        """The sample's value, or None if there is no such sample."""
-        key = _label_key(labels)
-        with self._lock:
-            return self._family(name).samples.get(key)
 
     def render(self) -> str:
         """Everything in text format 0.0.4: ``# HELP`` and ``# TYPE`` lines, then the

@@ -152,11 +152,6 @@ class Notifier:
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.notify(RELOADING="1", MONOTONIC_USEC=str(now_usec))
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for ``seconds`` more before the start, stop or reload times out
-        (``EXTEND_TIMEOUT_USEC``); send again before that runs out to extend further."""
-        return self.notify(EXTEND_TIMEOUT_USEC=str(max(0, int(seconds * 1_000_000))))
-
     def watchdog(self) -> bool:
         """Keep-alive ping: ``WATCHDOG=1``."""
         return self.notify(WATCHDOG="1")
@@ -171,13 +166,6 @@ class Notifier:
         if self._watchdog_pid is not None and self._watchdog_pid != os.getpid():
             return None
         return self._watchdog_usec / 2 / 1_000_000
-
-    def close(self) -> None:
-        """Close the socket; a later notification opens a new one."""
-        with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
 
     def _open_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

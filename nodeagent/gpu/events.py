@@ -16,6 +16,9 @@ afterwards), so the two never see each other's library. The long wait does not h
 it calls ``nvmlEventSetWait_v2`` through a function pointer of the watcher's own library, so
 detections run while it waits. NVML counts initialisations, so the watcher's ``nvmlInit``
 stays valid across the ``nvmlInit``/``nvmlShutdown`` pairs of concurrent detections.
+
+Talks to NVML only (no host file, no API server); the backoff between attempts is waited on
+an injected :class:`~nodeagent.host.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 from nodeagent.gpu import nvml, xid
+from nodeagent.host.clock import REAL, Clock
 from nodeagent.log import get_logger
 from nodeagent.retry import backoff_s
 
@@ -71,8 +75,14 @@ class XidWatcher:
     dynamic loader's search). ``extra_critical`` / ``ignore`` adjust which XIDs are critical
     (:func:`nodeagent.gpu.xid.is_critical`). ``wait_ms`` is one NVML wait, so also how long
     :meth:`stop` may take to be noticed; ``retry_max_s`` caps the backoff between attempts
-    after a failure. ``on_error`` is called once per failed attempt, from the watcher thread.
-    Exceptions raised by either callback are logged and do not stop the watcher.
+    after a failure, waited on ``clock``. ``on_error`` is called once per failed attempt, from
+    the watcher thread. Exceptions raised by either callback are logged and do not stop the
+    watcher.
+
+    Thread ownership: the NVML session belongs to the watcher thread; :attr:`watching` and
+    :attr:`last_error` are written by it alone and only read elsewhere; :meth:`start` and
+    :meth:`stop` are called from one other thread (the daemon's) and meet the watcher thread
+    only through the stop Event.
     """
 
     def __init__(
@@ -85,6 +95,7 @@ class XidWatcher:
         ignore: Iterable[int] = (),
         wait_ms: int = 500,
         retry_max_s: float = 30.0,
+        clock: Clock = REAL,
     ) -> None:
         self._on_event = on_event
         self._on_error = on_error
@@ -93,6 +104,7 @@ class XidWatcher:
         self._ignore = frozenset(int(x) for x in ignore)
         self._wait_ms = max(1, int(wait_ms))
         self._retry_max_s = max(0.0, float(retry_max_s))
+        self._clock = clock
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._watching = False
@@ -145,7 +157,7 @@ class XidWatcher:
                 attempt, None, _RETRY_INITIAL_S, self._retry_max_s, self._rng.random()
             )
             log.info("nvml.xid_watch_retry", attempt=attempt, sleep_s=round(delay, 3))
-            self._stop.wait(delay)
+            self._clock.wait(self._stop, delay)
         log.debug("nvml.xid_watch_stopped")
 
     def _failed(self, message: str) -> None:

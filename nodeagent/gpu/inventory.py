@@ -8,8 +8,9 @@ states, not exceptions: a node with no driver is an ``Inventory`` whose ``state`
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any, Optional
+
+from nodeagent import StrEnum
 
 #: Bump only with a documented, backwards-incompatible change (docs/detect-schema.md).
 SCHEMA_VERSION = 1
@@ -26,7 +27,7 @@ GPU_LOST = "lost"  # NVML_ERROR_GPU_IS_LOST: fell off the bus
 GPU_ERROR = "error"  # any other NVML error while reading this GPU
 
 
-class FabricState(str, enum.Enum):
+class FabricState(StrEnum):
     """``nvmlGpuFabricState_t``: how far the GPU's registration with the NVLink fabric got."""
 
     NOT_SUPPORTED = "not_supported"  # NVML answered: this GPU has no fabric to join
@@ -36,7 +37,7 @@ class FabricState(str, enum.Enum):
     UNKNOWN = "unknown"  # a state newer than this agent: never taken as completed
 
 
-class FabricHealth(str, enum.Enum):
+class FabricHealth(StrEnum):
     """``NVML_GPU_FABRIC_HEALTH_SUMMARY_*`` (nvmlGpuFabricInfo_v3_t.healthSummary)."""
 
     NOT_SUPPORTED = "not_supported"
@@ -45,7 +46,7 @@ class FabricHealth(str, enum.Enum):
     LIMITED_CAPACITY = "limited_capacity"
 
 
-class RecoveryAction(str, enum.Enum):
+class RecoveryAction(StrEnum):
     """``nvmlDeviceGpuRecoveryAction_t``, read through ``NVML_FI_DEV_GET_GPU_RECOVERY_ACTION``:
     what NVIDIA says must happen before this GPU is usable again."""
 
@@ -60,7 +61,7 @@ class RecoveryAction(str, enum.Enum):
     UNKNOWN = "unknown"  # a value newer than this agent: not "none", so never healthy
 
 
-class ClockEvent(str, enum.Enum):
+class ClockEvent(StrEnum):
     """One bit of ``nvmlDeviceGetCurrentClocksEventReasons`` (``nvmlClocksEventReason*``)."""
 
     GPU_IDLE = "gpu_idle"
@@ -93,7 +94,7 @@ def clock_events(mask: int) -> tuple[ClockEvent, ...]:
     return tuple(r for r, bit in CLOCK_EVENT_BITS.items() if mask & bit)
 
 
-class Signal(str, enum.Enum):
+class Signal(StrEnum):
     """One per-GPU NVML reading that can fail on its own without dropping the GPU."""
 
     MEMORY = "memory"

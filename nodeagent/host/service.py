@@ -1,12 +1,21 @@
-"""Telling a runtime daemon to pick up its new configuration: reload or restart.
+"""Runtime daemons: telling one to take its new configuration, and the write sequence.
 
-By default through systemd (``systemctl reload|restart UNIT``); a configured argv replaces
-that (tests and hosts without systemd), and a configured pidfile makes reload a SIGHUP to
-the pid in it — only when that pid is a live process named ``process`` (``dockerd``): a
-stale pidfile whose pid now belongs to something else is never signalled. Restarts never
-loop: callers restart at most once, plus once to roll back, which fits docker.service's
-``StartLimitBurst=3`` per 60 s; a unit already in ``failed`` state gets ``systemctl
-reset-failed`` first so that budget is not already spent.
+:func:`write_sequence` is the one order every engine writes in: under the host lock, plan
+again if another writer raced us, refuse before writing if told to, write every file (a
+restore handle each), then make the change take effect — and put the old files back when it
+does not. :func:`restart_verified` is the restart with its verify and undo that both
+engines end in. Engines only edit and plan; they hand this module their changes and their
+:class:`Daemon`.
+
+Reload and restart go by default through systemd (``systemctl reload|restart UNIT``); a
+configured argv replaces that (tests and hosts without systemd), and a configured pidfile
+makes reload a SIGHUP to the pid in it — only when that pid is a live process named
+``process`` (``dockerd``): a stale pidfile whose pid now belongs to something else is never
+signalled. Restarts never loop: callers restart at most once, plus once to roll back,
+which fits docker.service's ``StartLimitBurst=3`` per 60 s; a unit already in ``failed``
+state gets ``systemctl reset-failed`` first so that budget is not already spent.
+
+May use the host reader and writer; knows nothing of config files' formats or engines.
 """
 
 from __future__ import annotations
@@ -15,11 +24,16 @@ import contextlib
 import dataclasses
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, TypeVar
 
-from nodeagent.errors import InputError, StepFailed
+from nodeagent import StrEnum
+from nodeagent.errors import InputError, NodeagentError, StepFailed
+from nodeagent.host.change import FileChange
+from nodeagent.host.paths import unix_socket_path
 from nodeagent.host.reader import read_optional, read_text
+from nodeagent.host.writer import Restore, Writer
 from nodeagent.log import get_logger
 
 log = get_logger(__name__)
@@ -27,15 +41,46 @@ log = get_logger(__name__)
 PID_MAX = 4_194_304  # the kernel's largest pid_max
 
 
-def succeeded(action: Callable[[], None], unit: str) -> bool:
-    """Run a reload/restart; a failure is logged and reported as False, because what
-    counts is whether the daemon then shows the runtime (and rollback must still run)."""
+def listening(address: str) -> bool:
+    """Whether a daemon is running at ``address`` (``unix:///run/x.sock`` or a bare path):
+    its socket exists. The address is this machine's, never taken under ``--root``: it is
+    where the agent connects to verify, so "running" and "verified" are about one daemon."""
+    path = unix_socket_path(address)
+    return path is not None and Path(path).is_socket()
+
+
+class Activation(StrEnum):
+    """What makes a written change take effect (planned), or what was done (applied).
+
+    Re-exported by :mod:`nodeagent.runtime.engine`, where plans and results carry it."""
+
+    NONE = "none"  # nothing changed, or the daemon is stopped (it reads the file at start)
+    RELOAD = "reload"  # dockerd SIGHUP / systemctl reload
+    RESTART = "restart"  # systemctl restart
+
+    @property
+    def past_tense(self) -> str:
+        """What an applied change was: ``written`` (only), ``reloaded`` or ``restarted``."""
+        return _PAST_TENSE[self]
+
+
+_PAST_TENSE = {
+    Activation.NONE: "written",
+    Activation.RELOAD: "reloaded",
+    Activation.RESTART: "restarted",
+}
+
+
+def attempt(action: Callable[[], None]) -> Optional[str]:
+    """Run a reload/restart: None when it succeeded, else its one-line error (logged).
+    A failure is not raised: what counts is whether the daemon then shows the runtime,
+    and putting the old files back must still run."""
     try:
         action()
     except StepFailed as e:
-        log.warning("runtime.service_action_failed", unit=unit, error=str(e))
-        return False
-    return True
+        log.warning("runtime.service_action_failed", error=str(e))
+        return str(e)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,3 +197,112 @@ def process_name(pid: int, proc: Path = Path("/proc")) -> Optional[str]:
         with contextlib.suppress(OSError):
             name = os.path.basename(os.readlink(proc / str(pid) / "exe"))
     return name
+
+
+# --- the write sequence ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Daemon:
+    """A runtime daemon as the write sequence drives it (an engine builds one)."""
+
+    name: str  # "docker", for messages
+    control: ServiceControl
+    # Wait, bounded by the verify timeout, until it shows the nvidia runtime as configured.
+    shows_runtime: Callable[[], bool]
+    # Wait, bounded likewise, until it answers at all.
+    answers: Callable[[], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Activated:
+    """How written files took effect: what was done and succeeded, and whether it took."""
+
+    activation: Activation
+    verified: bool
+    message: str
+
+
+class Planned(Protocol):
+    """What the write sequence reads of an engine's plan."""
+
+    @property
+    def changes(self) -> tuple[FileChange, ...]: ...
+
+
+P = TypeVar("P", bound=Planned)
+R = TypeVar("R")
+
+
+def write_sequence(
+    writer: Writer,
+    plan: P,
+    replan: Callable[[], P],
+    take_effect: Callable[[P, Sequence[Restore]], R],
+    before_write: Callable[[P], None] = lambda plan: None,
+) -> Optional[R]:
+    """Write ``plan`` under the host lock and make it take effect; None when nothing is
+    left to write (another writer got there first).
+
+    In order: lock; when a file is no longer what the plan was made from, ``replan`` (from
+    a fresh read, under the lock); ``before_write`` may refuse (raise) with nothing
+    written; every changed file is written, each with its restore handle (a failure
+    part-way puts back what was written); ``take_effect`` reloads or restarts, verifies,
+    and undoes with the handles when that fails. The lock is held to the end, so no other
+    writer edits the files while the daemon takes them.
+    """
+    with writer.session() as session:
+        if session.raced(plan.changes):
+            log.info("runtime.replan", paths=[c.host_path for c in plan.changes])
+            plan = replan()
+        changes = [c for c in plan.changes if c.changed]
+        if not changes:
+            return None
+        before_write(plan)
+        restores = session.apply_all(changes)
+        return take_effect(plan, restores)
+
+
+def undo(restores: Sequence[Restore]) -> Optional[str]:
+    """Put the old files back, newest first: None when done, else the first failure (the
+    others are still put back)."""
+    failed: list[str] = []
+    for r in reversed(restores):
+        try:
+            r.undo()
+        except NodeagentError as e:
+            failed.append(str(e))
+    return failed[0] if failed else None
+
+
+def restart_verified(
+    daemon: Daemon, restores: Sequence[Restore], shown: str, why: str = ""
+) -> Activated:
+    """Restart ``daemon`` and wait until it shows the runtime. When it does not: the old
+    files back (``shown`` names them), one more restart, and StepFailed saying whether the
+    daemon runs again. One restart plus one rollback restart fits docker.service's
+    ``StartLimitBurst=3``. ``why`` is what led here (a reload that did not take)."""
+    name = daemon.name
+    failed = attempt(daemon.control.restart)
+    if failed is None and daemon.shows_runtime():
+        return Activated(
+            Activation.RESTART,
+            verified=True,
+            message=(f"{why}; " if why else "") + f"restarted {name}; it shows the nvidia runtime",
+        )
+    what = (
+        f"restarting {name} failed ({failed})"
+        if failed is not None
+        else f"{name} did not come back with the nvidia runtime after a restart"
+    )
+    undo_failed = undo(restores)
+    if undo_failed is not None:
+        raise StepFailed(f"{what}; could NOT restore the previous {shown}: {undo_failed}")
+    again = attempt(daemon.control.restart)
+    if again is not None:
+        state = f"restarting {name} with it failed too ({again})"
+    elif daemon.answers():
+        state = f"restarted {name} with it (it is running again)"
+    else:
+        state = f"restarted {name} with it, but it is NOT answering: check its log"
+    raise StepFailed(f"{what}; restored the previous {shown}; {state}")

@@ -29,7 +29,7 @@ import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 from nodeagent.errors import InputError, NodeagentError, StepFailed
 from nodeagent.host.change import FileChange
@@ -355,8 +355,24 @@ class Restore:
         log.warning("host.restored", path=self.shown)
 
 
+class WriterSettings(Protocol):
+    """Where the writer keeps its lock and backups (the agent's config has these keys)."""
+
+    @property
+    def lock_file(self) -> str: ...
+    @property
+    def backup_dir(self) -> str: ...
+    @property
+    def backup_keep(self) -> int: ...
+
+
 class Writer:
     """Config edits: the host lock, backups, and :func:`write_file`, under one ``--root``."""
+
+    @classmethod
+    def of(cls, root: HostRoot, settings: WriterSettings) -> Writer:
+        """The writer the configured ``lock_file``, ``backup_dir`` and ``backup_keep`` say."""
+        return cls(root, settings.lock_file, settings.backup_dir, settings.backup_keep)
 
     def __init__(
         self,

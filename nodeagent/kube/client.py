@@ -11,14 +11,19 @@ with three things it does not do by itself:
 * **credential rotation**: the kubelet rotates its client certificate
   (``/var/lib/kubelet/pki/kubelet-client-current.pem``); the client is rebuilt whenever the
   kubeconfig, or a certificate, key or token file it names, changes (inode, size, mtime).
-* **plain dicts**: responses are read as JSON (``_preload_content=False``), not the
-  generated models, so fields the client does not know survive and patches stay data.
+* **plain JSON**: responses are read as JSON (``_preload_content=False``), not the
+  generated models, so fields the client does not know survive and patches stay data; the
+  own Node's calls (:class:`NodeAPI`) return it parsed once as a typed
+  :class:`~nodeagent.kube.node.Node`, the controller's calls on any Node the JSON.
 * **a true deadline**: every request's socket timeout is bounded by what is left of the
   call's deadline, and "gave up after N s" states the time that really passed.
 
 The kubeconfig is read through the one host reader and shape-checked here
 (:func:`read_kubeconfig`) before the kubernetes loader sees it, so a garbage file is one
 line (exit 2) for ``run``, ``apply`` and ``check``'s credential probe alike.
+
+Talks to the API server and reads the kubeconfig; writes no host file. May import the host
+reader, retry and the Node view; never the walk, the daemon or the runtime.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from nodeagent.errors import InputError, StepFailed
+from nodeagent.kube.node import Node
 from nodeagent.log import get_logger
 from nodeagent.retry import Retryable, call_with_retry, retry_after_seconds, status_is_retryable
 
@@ -283,9 +289,10 @@ class KubeAPI:
                 return fn(core)
             except ApiException as e:
                 status = int(e.status or 0)
-                if status == 0 and "SSLError" in str(e.reason):
-                    # the kubernetes client turns urllib3's SSLError into status 0
-                    raise StepFailed(self._tls_problem(str(e.reason))) from None
+                if status == 0 and isinstance(e.__context__, SSLError):
+                    # the kubernetes client turns urllib3's SSLError into status 0, raised
+                    # while handling it
+                    raise StepFailed(self._tls_problem(e.__context__)) from None
                 if status == 404 and missing_ok:
                     return None
                 if status == 409:
@@ -297,7 +304,7 @@ class KubeAPI:
                     ) from None
                 raise self._refused(what, status, _status_message(e)) from None
             except SSLError as e:
-                raise StepFailed(self._tls_problem(str(e))) from None
+                raise StepFailed(self._tls_problem(e)) from None
             except (HTTPError, OSError) as e:
                 raise Retryable(f"{what}: {type(e).__name__}: {e}") from None
 
@@ -324,7 +331,8 @@ class KubeAPI:
             )
         return APIRefused(f"{what}: {status}: {message}", status)
 
-    def _tls_problem(self, text: str) -> str:
+    def _tls_problem(self, e: BaseException) -> str:
+        text = str(e)
         cert = self._cert_file
         if cert:
             not_after = certificate_not_after(Path(cert))
@@ -333,7 +341,7 @@ class KubeAPI:
                     f"{self.source}: client certificate expired at "
                     f"{not_after:%Y-%m-%dT%H:%M:%SZ} ({cert}); the kubelet rotates it while it runs"
                 )
-        if "CERTIFICATE_VERIFY_FAILED" in text:
+        if _verify_failed(e):
             return (
                 f"{self.source}: the API server's certificate is not trusted by the "
                 f"kubeconfig's certificate-authority ({_short(text)})"
@@ -426,22 +434,23 @@ class NodeAPI(KubeAPI):
         super().__init__(kubeconfig, **kwargs)
         self.node_name = node_name
 
-    def get_node(self) -> Optional[dict[str, Any]]:
+    def get_node(self) -> Optional[Node]:
         """The Node, or None when it does not exist (yet)."""
-        return self.get_named_node(self.node_name)
+        doc = self.get_named_node(self.node_name)
+        return None if doc is None else Node.from_api(doc)
 
-    def patch_node(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """A strategic-merge patch on the Node (labels, annotations)."""
-        return self.patch_named_node(self.node_name, patch)
+    def patch_node(self, patch: dict[str, Any]) -> Node:
+        """A strategic-merge patch on the Node (labels, annotations); the Node after it."""
+        return Node.from_api(self.patch_named_node(self.node_name, patch))
 
-    def patch_node_status(self, patch: dict[str, Any]) -> dict[str, Any]:
+    def patch_node_status(self, patch: dict[str, Any]) -> Node:
         """A strategic-merge patch on ``nodes/NAME/status`` (conditions merge by type)."""
         out = self._call(
             f"patch node {self.node_name} status",
             lambda core: _json(core.patch_node_status(self.node_name, patch, **self._kw())),
         )
         assert out is not None
-        return out
+        return Node.from_api(out)
 
     def create_event(self, event: dict[str, Any]) -> None:
         """Record a core/v1 Event (its namespace, else ``event_namespace``)."""
@@ -451,7 +460,7 @@ class NodeAPI(KubeAPI):
             lambda core: _json(core.create_namespaced_event(ns, event, **self._kw())),
         )
 
-    def wait_for_node(self, deadline_s: float) -> dict[str, Any]:
+    def wait_for_node(self, deadline_s: float) -> Node:
         """The Node, waiting for it to be registered: one watch on its name, re-established
         (bounded, logged) when the server ends it, until ``deadline_s`` passes."""
         deadline_s = bounded_s(deadline_s)
@@ -468,7 +477,7 @@ class NodeAPI(KubeAPI):
             for kind, obj in self.watch_nodes(rv, max(1, int(remaining)), selector):
                 rv = obj.get("metadata", {}).get("resourceVersion", rv)
                 if kind in ("ADDED", "MODIFIED"):
-                    return obj
+                    return Node.from_api(obj)
                 if kind == "ERROR":  # 410 Gone: start again from the current state
                     rv = ""
             log.info(
@@ -595,5 +604,22 @@ def _status_message(e: Any) -> str:
 
 def _short(text: str) -> str:
     """The informative line of a TLS error ("[SSL: X] what (_ssl.c:N)"), shortened."""
-    lines = [ln for ln in text.strip().splitlines() if ln.strip() and ln.strip() != "SSLError"]
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:200] if lines else "unknown error"
+
+
+def _verify_failed(e: BaseException) -> bool:
+    """Whether a TLS failure is the server's certificate not verifying: the ssl module's
+    own exception somewhere in what urllib3 wrapped (its args, cause or context)."""
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, ssl.SSLCertVerificationError):
+            return True
+        todo += [a for a in x.args if isinstance(a, BaseException)]
+        todo += [c for c in (x.__cause__, x.__context__) if c is not None]
+    return False

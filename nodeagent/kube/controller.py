@@ -18,6 +18,13 @@ is a 409, and the node is re-read and decided again, never lost.
 An API server that refuses (403), fails (5xx) or cannot be reached never ends the
 controller: the watch and each node's patch back off (full jitter, bounded) and try again,
 logged. SIGTERM stops it at once, even mid-retry (:class:`Terminated`).
+
+Two threads: the watch thread only lists and watches, and hands the API's Node objects to
+the main thread through a queue (and the ``_wake`` Event); the main thread (:meth:`run`)
+parses each into a :class:`~nodeagent.kube.node.Node` once and owns everything else — the
+Nodes seen, the grace timers, the failure counts — and is the only one that patches. Time
+is read and waited on through the injected :class:`~nodeagent.host.clock.Clock`. Talks to
+the API server only; touches no host file.
 """
 
 from __future__ import annotations
@@ -27,13 +34,13 @@ import heapq
 import queue
 import random
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from nodeagent.errors import describe
+from nodeagent.host.clock import REAL, Clock
 from nodeagent.kube.client import Conflict, KubeAPI
-from nodeagent.kube.patches import epoch, find_condition
+from nodeagent.kube.node import ConditionStatus, MalformedNode, Node, Taint
 from nodeagent.log import get_logger
 from nodeagent.retry import backoff_s
 
@@ -44,6 +51,8 @@ NO_SCHEDULE = "NoSchedule"
 # Backoff after a failed list/watch or patch: full jitter from INITIAL doubling up to MAX.
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
+MAX_IDLE_S = 1.0  # the main thread looks at its stop flag at least this often
+CONFLICT_TRIES = 5  # decide-and-patch rounds for one node before giving up until its next event
 
 
 class Terminated(BaseException):
@@ -63,30 +72,31 @@ class Rules:
 class Decision:
     """New ``spec.taints`` (None: leave them) and when to look at the node again."""
 
-    taints: Optional[list[dict[str, Any]]]
+    taints: Optional[tuple[Taint, ...]]
     wake_at: Optional[float] = None  # epoch seconds
     why: str = ""
 
 
-def decide(node: Mapping[str, Any], rules: Rules, now: float) -> Decision:
+def decide(node: Node, rules: Rules, now: float) -> Decision:
     """Pure: the taints ``node`` should carry given its condition, at time ``now``."""
-    taints: Sequence[Mapping[str, Any]] = (node.get("spec") or {}).get("taints") or []
-    cond = find_condition((node.get("status") or {}).get("conditions") or [], rules.condition_type)
-    keys = {t.get("key") for t in taints}
-    status = cond.get("status") if cond else None
-    current = [dict(t) for t in taints]
-    want = list(current)
+    cond = node.condition(rules.condition_type)
+    current = node.taints
+    want = current
     wake = None
     why = ""
-    if status == "True":
+    if cond is not None and cond.status is ConditionStatus.TRUE:
         ours = (rules.startup_taint_key, rules.unhealthy_taint_key)
-        want = [t for t in want if t.get("key") not in ours]
+        want = tuple(t for t in current if t.key not in ours)
         why = "GPUReady=True"
-    elif status == "False" and rules.unhealthy_taint_key not in keys:
-        since = epoch(cond.get("lastTransitionTime") if cond else None) or now
+    elif (
+        cond is not None
+        and cond.status is ConditionStatus.FALSE
+        and not node.has_taint(rules.unhealthy_taint_key)
+    ):
+        since = cond.last_transition_time or now
         if now - since >= rules.grace_s:
-            want.append({"key": rules.unhealthy_taint_key, "effect": NO_SCHEDULE})
-            why = f"GPUReady=False for {now - since:.0f} s ({cond.get('reason') if cond else ''})"
+            want = (*current, Taint(rules.unhealthy_taint_key, effect=NO_SCHEDULE))
+            why = f"GPUReady=False for {now - since:.0f} s ({cond.reason})"
         else:
             wake = since + rules.grace_s
     if want == current:
@@ -94,10 +104,12 @@ def decide(node: Mapping[str, Any], rules: Rules, now: float) -> Decision:
     return Decision(taints=want, wake_at=wake, why=why)
 
 
-def taint_patch(node: Mapping[str, Any], taints: list[dict[str, Any]]) -> dict[str, Any]:
+def taint_patch(node: Node, taints: Sequence[Taint]) -> dict[str, Any]:
     """The patch: the whole list (no merge key), guarded by the Node's resourceVersion."""
-    rv = (node.get("metadata") or {}).get("resourceVersion")
-    return {"metadata": {"resourceVersion": rv}, "spec": {"taints": taints or None}}
+    return {
+        "metadata": {"resourceVersion": node.resource_version},
+        "spec": {"taints": [t.to_api() for t in taints] or None},
+    }
 
 
 class Controller:
@@ -110,21 +122,28 @@ class Controller:
         *,
         watch_timeout_s: int = 300,
         rng: Callable[[], float] = random.random,
+        clock: Clock = REAL,
     ) -> None:
         self.api = api
         self.rules = rules
         self.watch_timeout_s = watch_timeout_s
         self.rng = rng
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self._timers: list[tuple[float, str]] = []
+        self.clock = clock
+        # The watch thread puts, the main thread takes; ``_wake`` is set after every put.
         self._events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._wake = threading.Event()
         self._stop = threading.Event()
+        # The main thread's own.
+        self.nodes: dict[str, Node] = {}
+        self._timers: list[tuple[float, str]] = []  # (epoch seconds, node), a heap
         self._failures: dict[str, int] = {}  # node -> patches failed in a row
         self.patches = 0
 
     def stop(self) -> None:
         self._stop.set()
-        self._events.put(("STOP", {}))
+        self._wake.set()
+
+    # --- the watch thread ---------------------------------------------------------------
 
     def _watcher(self) -> None:
         """Feed the queue: list, then watch from the list's version, re-watch when the server
@@ -138,7 +157,7 @@ class Controller:
                     items, rv = self.api.list_nodes()
                     failures = 0
                     for item in items:
-                        self._events.put(("SYNC", item))
+                        self._put("SYNC", item)
                 for kind, obj in self.api.watch_nodes(rv, self.watch_timeout_s):
                     failures = 0
                     if self._stop.is_set():
@@ -146,9 +165,10 @@ class Controller:
                     if kind == "ERROR":
                         rv = ""  # 410 Gone: our version is too old; list again
                         break
+                    # The watch protocol's own field (bookmarks carry nothing else).
                     rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
                     if kind != "BOOKMARK":
-                        self._events.put((kind, obj))
+                        self._put(kind, obj)
             except Exception as e:
                 failures += 1
                 wait = self._backoff(failures)
@@ -159,38 +179,56 @@ class Controller:
                     retry_in_s=round(wait, 2),
                 )
                 rv = ""  # list again: events may have been missed meanwhile
-                self._stop.wait(wait)
+                self.clock.wait(self._stop, wait)
+
+    def _put(self, kind: str, obj: dict[str, Any]) -> None:
+        self._events.put((kind, obj))
+        self._wake.set()
 
     def _backoff(self, failures: int) -> float:
         return max(0.1, backoff_s(failures, None, BACKOFF_INITIAL_S, BACKOFF_MAX_S, self.rng()))
+
+    # --- the main thread ----------------------------------------------------------------
 
     def run(self, until: Optional[float] = None) -> None:
         """Run until :meth:`stop` (or the monotonic time ``until``, for tests)."""
         threading.Thread(target=self._watcher, name="node-watch", daemon=True).start()
         while not self._stop.is_set():
-            timeout = 1.0 if until is None else max(0.0, min(1.0, until - time.monotonic()))
+            timeout = MAX_IDLE_S
+            if until is not None:
+                timeout = max(0.0, min(timeout, until - self.clock.monotonic()))
             if self._timers:
-                timeout = max(0.0, min(timeout, self._timers[0][0] - time.time()))
-            try:
-                kind, obj = self._events.get(timeout=timeout)
-            except queue.Empty:
-                kind, obj = "", {}
-            if kind == "STOP":
+                timeout = max(0.0, min(timeout, self._timers[0][0] - self.clock.time()))
+            self.clock.wait(self._wake, timeout)
+            self._wake.clear()
+            if self._stop.is_set():
                 break
-            if kind == "DELETED":
-                name = (obj.get("metadata") or {}).get("name", "")
-                self.nodes.pop(name, None)
-                self._failures.pop(name, None)
-            elif kind:
-                name = (obj.get("metadata") or {}).get("name", "")
-                self.nodes[name] = obj
-                self._reconcile_or_retry(name)
+            self._take_events()
             self._fire_timers()
-            if until is not None and time.monotonic() >= until:
+            if until is not None and self.clock.monotonic() >= until:
                 break
 
+    def _take_events(self) -> None:
+        """Everything the watch thread queued: each Node parsed once, then reconciled."""
+        while True:
+            try:
+                kind, obj = self._events.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                node = Node.from_api(obj)
+            except MalformedNode as e:  # one bad Node must not stop the others
+                log.warning("controller.node_unreadable", error=str(e))
+                continue
+            if kind == "DELETED":
+                self.nodes.pop(node.name, None)
+                self._failures.pop(node.name, None)
+            else:
+                self.nodes[node.name] = node
+                self._reconcile_or_retry(node.name)
+
     def _fire_timers(self) -> None:
-        now = time.time()
+        now = self.clock.time()
         while self._timers and self._timers[0][0] <= now:
             _, name = heapq.heappop(self._timers)
             if name in self.nodes:
@@ -211,25 +249,26 @@ class Controller:
                 attempt=failures,
                 retry_in_s=round(wait, 2),
             )
-            heapq.heappush(self._timers, (time.time() + wait, name))
+            heapq.heappush(self._timers, (self.clock.time() + wait, name))
         else:
             self._failures.pop(name, None)
 
     def reconcile(self, name: str) -> None:
         """Decide for node ``name`` and patch; on a conflict, re-read and decide again."""
-        for _ in range(5):
+        for _ in range(CONFLICT_TRIES):
             node = self.nodes.get(name)
             if node is None:
                 return
-            d = decide(node, self.rules, time.time())
+            d = decide(node, self.rules, self.clock.time())
             if d.wake_at is not None:
                 heapq.heappush(self._timers, (d.wake_at, name))
             if d.taints is None:
                 return
             try:
-                self.nodes[name] = self.api.patch_named_node(name, taint_patch(node, d.taints))
+                patched = self.api.patch_named_node(name, taint_patch(node, d.taints))
+                self.nodes[name] = Node.from_api(patched)
                 self.patches += 1
-                keys = [t["key"] for t in d.taints]
+                keys = [t.key for t in d.taints]
                 log.info("controller.taints", node=name, taints=keys, why=d.why)
                 return
             except Conflict:  # the Node changed since we saw it: read it, decide again
@@ -237,5 +276,5 @@ class Controller:
                 if fresh is None:
                     self.nodes.pop(name, None)
                     return
-                self.nodes[name] = fresh
+                self.nodes[name] = Node.from_api(fresh)
         log.warning("controller.gave_up", node=name)

@@ -3,6 +3,9 @@
 Order: ``node_name`` from the config; else the kubelet's ``--hostname-override`` (from
 its extra-args file, as the kubelet itself would see it); else the host name, lower-cased
 (the kubelet lower-cases it too: ``nodeutil.GetHostname``).
+
+Reads the host (the args file, /etc/os-release) through the one reader; writes nothing,
+never talks to the API.
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ def node_name(
     extra_args_path: Optional[str] = None,
     gethostname: Callable[[], str] = socket.gethostname,
 ) -> str:
-    """The Node's name for this host (see module doc for the order)."""
+    """The Node's name for this host (see module doc for the order). ``extra_args_path``:
+    the kubelet-args file when the caller found it already (:attr:`Agent.kubelet_args_path`)."""
     if cfg.node_name:
         return cfg.node_name
     # /etc/os-release only picks the args file's default path (absent or unreadable: the
     # Debian one). The args file is input: a FIFO, a directory or undecodable bytes in it
     # are one-line errors.
-    path = extra_args_path or kubeletargs.detect_path(read_optional(root.path("/etc/os-release")))
+    path = extra_args_path or kubeletargs.find_path(
+        cfg.kube, read_optional(root.path("/etc/os-release"))
+    )
     current = read_text(root.path(path), path)
     if current is not None:
         override = hostname_override(kubeletargs.parse(current.text, path).args)

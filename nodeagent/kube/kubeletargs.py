@@ -12,6 +12,10 @@ label keys are remembered in a marker comment, so a later run removes a label th
 longer wants but never one the operator added. Values are restricted to characters that
 mean nothing to systemd or a shell (label values are already ``[A-Za-z0-9-_.]``), and the
 whole value is double-quoted.
+
+Reads the file (through the one host reader) and plans the change as a
+:class:`~nodeagent.host.change.FileChange`; the walk writes it through the one writer.
+Never writes, never talks to the API.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import shlex
 from collections.abc import Mapping
 from typing import Optional
 
+from nodeagent.config import KubeConfig
 from nodeagent.errors import InputError
 from nodeagent.host.change import FileChange
 from nodeagent.host.paths import HostRoot
 from nodeagent.host.reader import read_text
+from nodeagent.kube.node import Taint
 
 VAR = "KUBELET_EXTRA_ARGS"
 MARKER = "# nodeagent: owned node labels:"
@@ -38,16 +44,10 @@ _SAFE_RE = re.compile(r"^[A-Za-z0-9._/=:,\-]+$")
 _LINE_RE = re.compile(r"^(\s*(?:export\s+)?)" + VAR + r"=(.*)$")
 
 
-@dataclasses.dataclass(frozen=True)
-class Taint:
-    key: str
-    value: str
-    effect: str
-
-    def flag_value(self) -> str:
-        return (
-            f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
-        )
+def startup_taint(kube: KubeConfig) -> Optional[Taint]:
+    """The startup taint the kubelet registers the Node with (``kube.startup_taint``), or
+    None when it is off. The one place it is built: ``apply`` writes it, ``check`` expects it."""
+    return Taint(kube.startup_taint_key, "", "NoSchedule") if kube.startup_taint else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +153,12 @@ def render(text: Optional[str], new: KubeletArgs) -> str:
     if last is None:
         out += [marker, assignment]
     return "\n".join(out) + "\n"
+
+
+def find_path(kube: KubeConfig, os_release: Optional[str]) -> str:
+    """The extra-args file's host path: ``kube.kubelet_args_file``, else the OS family's
+    default (:func:`detect_path` on the contents of /etc/os-release)."""
+    return kube.kubelet_args_file or detect_path(os_release)
 
 
 def detect_path(os_release: Optional[str]) -> str:

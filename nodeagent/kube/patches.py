@@ -9,32 +9,19 @@
 * an Event on the Node when readiness changes (``kubectl describe node`` shows it).
 
 Each builder returns None when nothing would change, so an idempotent run makes no write.
+Pure: no I/O, no clock (``now`` is passed in). May import the Node view and readiness only.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Optional
 
-from nodeagent.kube.readiness import TRUE, Readiness
+from nodeagent.kube.node import Condition, ConditionStatus, rfc3339
+from nodeagent.kube.readiness import Readiness
 
 OWNED_LABELS_ANNOTATION = "nodeagent.io/owned-labels"
-# The API server's time format (metav1.Time): RFC 3339 in UTC, whole seconds.
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def epoch(stamp: Optional[str]) -> Optional[float]:
-    """A metav1.Time (``2026-11-24T03:00:00Z``) as Unix seconds; None if absent or not one."""
-    if not stamp:
-        return None
-    import datetime
-
-    try:
-        t = datetime.datetime.strptime(stamp, TIME_FORMAT)
-    except (TypeError, ValueError):
-        return None
-    return t.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def owned_labels(annotations: Mapping[str, str]) -> set[str]:
@@ -59,46 +46,34 @@ def label_patch(
     return {"metadata": meta} if meta else None
 
 
-def find_condition(
-    conditions: Sequence[Mapping[str, Any]], ctype: str
-) -> Optional[Mapping[str, Any]]:
-    for c in conditions:
-        if c.get("type") == ctype:
-            return c
-    return None
-
-
-def condition_changed(current: Optional[Mapping[str, Any]], r: Readiness) -> bool:
+def condition_changed(current: Optional[Condition], r: Readiness) -> bool:
+    """The Node does not carry ``r`` (status, reason and message) as its condition."""
     if current is None:
         return True
-    return (current.get("status"), current.get("reason"), current.get("message")) != (
-        r.status,
-        r.reason,
-        r.message,
-    )
+    return (current.status, current.reason, current.message) != (r.status, r.reason, r.message)
 
 
 def condition_patch(
-    conditions: Sequence[Mapping[str, Any]],
+    current: Optional[Condition],
     r: Readiness,
     ctype: str,
     now: str,
     heartbeat: bool = False,
 ) -> Optional[dict[str, Any]]:
-    """The status patch for condition ``ctype``, or None when it is current and no
-    heartbeat is due. ``now`` is an RFC 3339 time (``2026-11-24T03:00:00Z``)."""
-    current = find_condition(conditions, ctype)
+    """The status patch that sets condition ``ctype`` (``current`` as the Node carries it)
+    to ``r``, or None when it is current and no heartbeat is due. ``now`` is an RFC 3339
+    time (``2026-11-24T03:00:00Z``)."""
     if not condition_changed(current, r) and not heartbeat:
         return None
-    same_status = current is not None and current.get("status") == r.status
-    transition = current.get("lastTransitionTime") if same_status and current else now
+    kept = current is not None and current.status == r.status
+    since = current.last_transition_time if kept and current else None
     cond = {
         "type": ctype,
-        "status": r.status,
+        "status": r.status.value,
         "reason": r.reason,
         "message": r.message,
         "lastHeartbeatTime": now,
-        "lastTransitionTime": transition or now,
+        "lastTransitionTime": now if since is None else rfc3339(since),
     }
     return {"status": {"conditions": [cond]}}
 
@@ -114,7 +89,7 @@ def readiness_event(
         "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid or node},
         "reason": r.reason,
         "message": r.message,
-        "type": "Normal" if r.status == TRUE else "Warning",
+        "type": "Normal" if r.status is ConditionStatus.TRUE else "Warning",
         "source": {"component": "nodeagent", "host": host},
         "reportingComponent": "nodeagent",
         "reportingInstance": host,

@@ -4,7 +4,10 @@ The condition interoperates with the upstream readiness pattern (NVIDIA GPU Oper
 #2573 with the kubernetes-sigs Node Readiness Controller): condition type
 ``nvidia.com/GPUReady``, True when the node can run GPU work; the startup taint
 ``readiness.k8s.io/nvidia-gpu-not-ready:NoSchedule`` is registered by the kubelet and lifted
-by a controller when the condition turns True (a node may not touch its own taints).
+by a controller when the condition turns True (a node may not touch its own taints). The
+type and the taint key are configuration (``kube.condition_type``, ``kube.startup_taint_key``).
+
+Pure: no I/O. May import the GPU inventory and the Node view; never the client or the walk.
 """
 
 from __future__ import annotations
@@ -20,13 +23,11 @@ from nodeagent.gpu.inventory import (
     STATE_NVML_ERROR,
     Inventory,
 )
+from nodeagent.gpu.xid import describe
+from nodeagent.kube.node import ConditionStatus
 
-CONDITION_TYPE = "nvidia.com/GPUReady"
-STARTUP_TAINT_KEY = "readiness.k8s.io/nvidia-gpu-not-ready"
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
-
-TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
 _NVML_REASONS = {
     "NVML_ERROR_DRIVER_NOT_LOADED": "DriverNotLoaded",
@@ -38,7 +39,9 @@ _NVML_REASONS = {
 
 @dataclasses.dataclass(frozen=True)
 class Readiness:
-    status: str  # True / False / Unknown
+    """The condition the node should carry."""
+
+    status: ConditionStatus
     reason: str  # CamelCase
     message: str
 
@@ -61,46 +64,58 @@ def assess(f: Facts) -> Readiness:
     """The condition the node should carry. Checks in the order an operator fixes them."""
     inv = f.inventory
     if inv.state == STATE_NO_DRIVER:
-        return Readiness(FALSE, "DriverNotLoaded", inv.message or "no NVIDIA driver")
+        return Readiness(
+            ConditionStatus.FALSE, "DriverNotLoaded", inv.message or "no NVIDIA driver"
+        )
     if inv.state == STATE_NVML_ERROR:
         reason = _NVML_REASONS.get(inv.error or "", "NVMLError")
-        return Readiness(FALSE, reason, inv.message or f"NVML failed: {inv.error}")
+        return Readiness(ConditionStatus.FALSE, reason, inv.message or f"NVML failed: {inv.error}")
     if inv.state == STATE_NO_GPU:
-        return Readiness(FALSE, "NoGPU", inv.message or "NVML reports no GPU")
+        return Readiness(ConditionStatus.FALSE, "NoGPU", inv.message or "NVML reports no GPU")
     lost = [g for g in inv.gpus if g.state == GPU_LOST]
     if lost:
         idx = ", ".join(str(g.index) for g in lost)
-        return Readiness(FALSE, "GPULost", f"GPU {idx} fell off the bus (NVML_ERROR_GPU_IS_LOST)")
+        return Readiness(
+            ConditionStatus.FALSE, "GPULost", f"GPU {idx} fell off the bus (NVML_ERROR_GPU_IS_LOST)"
+        )
     failing = [g for g in inv.gpus if not g.usable]
     if failing:
         g = failing[0]
-        return Readiness(FALSE, "GPUError", f"GPU {g.index} cannot be read: {g.error}")
+        return Readiness(
+            ConditionStatus.FALSE, "GPUError", f"GPU {g.index} cannot be read: {g.error}"
+        )
     if f.xid is not None:
-        from nodeagent.gpu.xid import describe
-
         on = f" on GPU {f.xid_gpu}" if f.xid_gpu is not None else ""
         uuid = next((g.uuid for g in inv.gpus if g.index == f.xid_gpu and g.uuid), None)
         on += f" ({uuid})" if uuid else ""
         return Readiness(
-            FALSE, f"XID{f.xid}", f"critical XID {f.xid}{on}: {describe(f.xid)} (docs/xid.md)"
+            ConditionStatus.FALSE,
+            f"XID{f.xid}",
+            f"critical XID {f.xid}{on}: {describe(f.xid)} (docs/xid.md)",
         )
     if f.runtime_ok is False:
         return Readiness(
-            FALSE, "RuntimeNotConfigured", f.runtime_message or "nvidia runtime not configured"
+            ConditionStatus.FALSE,
+            "RuntimeNotConfigured",
+            f.runtime_message or "nvidia runtime not configured",
         )
     if f.require_device_plugin:
         if f.capacity is None:
-            return Readiness(UNKNOWN, "DevicePluginUnknown", "node capacity not read yet")
+            return Readiness(
+                ConditionStatus.UNKNOWN, "DevicePluginUnknown", "node capacity not read yet"
+            )
         want = expected_devices(inv)
         have = advertised_gpus(f.capacity)
         if have < want:
             return Readiness(
-                FALSE,
+                ConditionStatus.FALSE,
                 "DevicePluginNotReady",
                 f"node advertises {have} of {want} GPUs (nvidia.com/gpu or MIG resources)",
             )
     n = len(inv.gpus)
-    return Readiness(TRUE, "GPUReady", f"{n} GPU{'s' if n != 1 else ''} healthy, runtime ready")
+    return Readiness(
+        ConditionStatus.TRUE, "GPUReady", f"{n} GPU{'s' if n != 1 else ''} healthy, runtime ready"
+    )
 
 
 def expected_devices(inv: Inventory) -> int:

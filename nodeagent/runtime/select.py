@@ -1,11 +1,16 @@
 """Which container runtime engine to configure (``runtime.engine`` / ``--runtime``).
 
-``auto`` picks one engine, in this order: docker if its daemon is running, containerd if
-its daemon is running, docker if installed, containerd if installed. Docker comes first
+``auto`` picks one engine of the registry (:mod:`nodeagent.runtime.registry`), in its
+order: the first whose daemon is running, else the first installed. Docker comes first
 because on a host that runs docker, containerd is usually docker's own backend (Debian's
 docker.io runs the system containerd), and the brief's operators schedule GPU work through
 docker; a Kubernetes node whose kubelet talks to containerd directly sets
 ``runtime.engine: containerd``.
+
+"Running" is what the engines mean by it (:meth:`EngineSpec.running`): a socket at the
+configured address on this machine. "Installed" is the daemon's binary under ``--root``.
+
+Reads only: sockets and the root's PATH.
 """
 
 from __future__ import annotations
@@ -14,43 +19,25 @@ from typing import Optional
 
 from nodeagent.config import Config
 from nodeagent.errors import InputError
-from nodeagent.host.paths import HostRoot, unix_socket_path
-from nodeagent.runtime.engine import Engine
-
-
-def _socket_live(root: HostRoot, address: str) -> bool:
-    path = unix_socket_path(address)
-    return path is not None and root.path(path).is_socket()
+from nodeagent.host.paths import HostRoot
+from nodeagent.runtime import registry
 
 
 def choose(cfg: Config, root: HostRoot, requested: Optional[str] = None) -> Optional[str]:
-    """The engine name to use: ``docker``, ``containerd``, or None for ``none``."""
+    """The engine name to use (one of :func:`registry.names`), or None for ``none``."""
     name = requested or cfg.runtime.engine
     if name == "none":
         return None
     if name != "auto":
-        return name
-    if _socket_live(root, cfg.runtime.docker.host):
-        return "docker"
-    if _socket_live(root, cfg.runtime.containerd.address):
-        return "containerd"
-    if root.which("dockerd"):
-        return "docker"
-    if root.which("containerd"):
-        return "containerd"
+        return registry.spec(name).name
+    for spec in registry.SPECS:
+        if spec.running(cfg.runtime):
+            return spec.name
+    for spec in registry.SPECS:
+        if spec.installed(root):
+            return spec.name
+    binaries = " nor ".join(s.binary for s in registry.SPECS)
     raise InputError(
-        f"{root.root}: no container runtime found (neither dockerd nor containerd running or "
+        f"{root.root}: no container runtime found (neither {binaries} running or "
         "installed); set runtime.engine or --runtime"
     )
-
-
-def make_engine(name: str, cfg: Config, root: HostRoot) -> Engine:
-    if name == "docker":
-        from nodeagent.runtime.docker.engine import DockerEngine
-
-        return DockerEngine(cfg, root)
-    if name == "containerd":
-        from nodeagent.runtime.containerd.engine import ContainerdEngine
-
-        return ContainerdEngine(cfg, root)
-    raise InputError(f"unknown runtime engine {name!r}")

@@ -11,64 +11,58 @@ run (the kubelet still gets its startup taint, the Node still hears why it is no
 and the first failure decides the exit code. A step that raises *anything* is such a failed
 step: a :class:`NodeagentError` with its own line and exit code, any other exception (a bug)
 as ``internal error: Type: message`` with exit 1 — never a traceback, never a stopped walk.
+``nodeagent runtime configure`` is the runtime step alone (:meth:`Agent.step_runtime`).
 
 :class:`Agent` keeps what is worth keeping between runs (the API client, whose credential
-is re-read when it rotates), so ``nodeagent run`` calls the same steps on every tick.
+is re-read when it rotates; the Node's name; the kubelet-args path), so ``nodeagent run``
+calls the same steps on every tick. The imperative shell: it may import every layer below
+the walk; the daemon and the CLI call it, nothing below imports it. Heavy modules (NVML,
+the kubernetes client, the engines) are imported where a step needs them, so a phase that
+does not talk to the API never loads its client.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from nodeagent.errors import EXIT_NO_GPU, NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_NVML_ERROR, STATE_OK, Inventory
 from nodeagent.host.paths import HostRoot
+from nodeagent.host.reader import read_optional
+from nodeagent.kube import kubeletargs
+from nodeagent.kube.node import Node, Taint
+from nodeagent.kube.readiness import Facts, Readiness, assess
 from nodeagent.log import get_logger
 from nodeagent.walk.steps import (
-    CHANGED,
-    FAILED,
-    OK,
-    SKIPPED,
-    UNCHANGED,
-    WOULD_CHANGE,
+    PHASES,
+    Detected,
+    NodeState,
+    NodeStep,
     Outcome,
+    Phase,
+    RuntimeState,
+    RuntimeStep,
+    Status,
+    Step,
     StepResult,
-    activation_done,
 )
 
 if TYPE_CHECKING:
     from nodeagent.config import Config
     from nodeagent.gpu.health import XidRecord
     from nodeagent.kube.client import NodeAPI
-    from nodeagent.kube.readiness import Readiness
+    from nodeagent.kube.report import Report
 
 log = get_logger(__name__)
 
-PHASES: dict[str, tuple[str, ...]] = {
-    "bootstrap": ("detect", "runtime", "kubelet-args"),
-    "report": ("detect", "runtime", "node"),
-    "all": ("detect", "runtime", "kubelet-args", "node"),
-}
+# PHASES, NodeState and RuntimeState live in walk.steps; tests/test_units.py and the daemon
+# import them from here.
+__all__ = ["CPU_NODE", "PHASES", "Agent", "NodeState", "RuntimeState", "live_runtime", "summarize"]
 
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeState:
-    """What the runtime step learnt, for readiness: None = not checked (engine none)."""
-
-    ok: Optional[bool] = None
-    message: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeState:
-    """What the node step learnt: the readiness it reported and the Node as last seen."""
-
-    readiness: Optional[Readiness] = None
-    node: Optional[dict[str, Any]] = None
+CPU_NODE = "CPU node (no_gpu_is_error is false)"
 
 
 def summarize(inv: Inventory) -> str:
@@ -83,6 +77,23 @@ def summarize(inv: Inventory) -> str:
     if bad:
         models += " (" + ", ".join(f"GPU {g.index} {g.state}: {g.error}" for g in bad) + ")"
     return f"{models} · driver {inv.driver_version or '?'} · CUDA {inv.cuda_driver_version or '?'}"
+
+
+def live_runtime(name: str, *, verified: bool, running: bool, warn: str = "") -> RuntimeStep:
+    """Pure: a configured runtime as its daemon shows it — the one wording ``apply``,
+    ``runtime configure`` and ``check``'s condition probe share."""
+    if verified:
+        detail = f"{name}: unchanged (the nvidia runtime is configured and running){warn}"
+        return RuntimeStep(StepResult(Step.RUNTIME, Status.UNCHANGED, detail), RuntimeState(True))
+    if not running:
+        msg = f"{name}: unchanged (configured; the daemon is not running: it reads it at start)"
+        return RuntimeStep(
+            StepResult(Step.RUNTIME, Status.UNCHANGED, msg + warn), RuntimeState(None, msg)
+        )
+    msg = f"{name}: configured, but the running daemon does not show the nvidia runtime"
+    return RuntimeStep(
+        StepResult(Step.RUNTIME, Status.FAILED, msg + warn), RuntimeState(False, msg)
+    )
 
 
 class Agent:
@@ -106,19 +117,23 @@ class Agent:
 
         return node_labels(inv, self.cfg.labels)
 
+    @functools.cached_property
     def kubelet_args_path(self) -> str:
-        from nodeagent.host.reader import read_optional
-        from nodeagent.kube import kubeletargs
-
-        return self.cfg.kube.kubelet_args_file or kubeletargs.detect_path(
-            read_optional(self.root.path("/etc/os-release"))
+        """The kubelet's extra-args file (host path): ``kube.kubelet_args_file``, else the
+        OS family's default (found once per agent)."""
+        return kubeletargs.find_path(
+            self.cfg.kube, read_optional(self.root.path("/etc/os-release"))
         )
+
+    @property
+    def startup_taint(self) -> Optional[Taint]:
+        return kubeletargs.startup_taint(self.cfg.kube)
 
     def node_name(self) -> str:
         if self._node_name is None:
             from nodeagent.kube.identity import node_name
 
-            self._node_name = node_name(self.cfg, self.root, self.kubelet_args_path())
+            self._node_name = node_name(self.cfg, self.root, self.kubelet_args_path)
         return self._node_name
 
     def credential_present(self) -> bool:
@@ -145,170 +160,174 @@ class Agent:
 
     def apply(
         self,
-        phase: str = "all",
+        phase: Phase = Phase.ALL,
         *,
         dry_run: bool = False,
         emit: Optional[Callable[[StepResult], None]] = None,
     ) -> Outcome:
-        """Run ``phase``'s steps in order; ``emit`` gets each result as soon as it is known."""
+        """Run ``phase``'s steps in order; ``emit`` gets each result as soon as it is known.
+        The outcome carries the runtime state the runtime step found (``Outcome.runtime``)."""
+        phase = Phase(phase)
         steps = PHASES[phase]
         start = time.monotonic()
         results: list[StepResult] = []
 
         def done(r: StepResult) -> None:
             results.append(r)
-            log.info("apply.step", step=r.step, status=r.status, detail=r.detail)
+            log.info("apply.step", step=str(r.step), status=str(r.status), detail=r.detail)
             if emit is not None:
                 emit(r)
 
-        inv, r = self.detect_step()
-        done(r)
+        detected = self.detect_step()
+        done(detected.result)
+        inv = detected.inventory
         gpu_node = inv.state == STATE_OK or self.cfg.no_gpu_is_error
         runtime = RuntimeState()
-        if "runtime" in steps:
+        if Step.RUNTIME in steps:
             if inv.state != STATE_OK:
-                done(StepResult("runtime", SKIPPED, "no usable NVIDIA GPU (see detect)"))
+                done(StepResult(Step.RUNTIME, Status.SKIPPED, "no usable NVIDIA GPU (see detect)"))
             else:
-                r, runtime = self.step_runtime(configure=phase != "report", dry_run=dry_run)
+                r, runtime = self.step_runtime(configure=phase is not Phase.REPORT, dry_run=dry_run)
                 done(r)
-        if "kubelet-args" in steps:
+        if Step.KUBELET_ARGS in steps:
             if not gpu_node:
-                done(StepResult("kubelet-args", SKIPPED, "CPU node (no_gpu_is_error is false)"))
+                done(StepResult(Step.KUBELET_ARGS, Status.SKIPPED, CPU_NODE))
             else:
                 try:
                     r = self.step_kubelet_args(self.labels(inv), dry_run=dry_run)
                 except Exception as e:
-                    r = _failed("kubelet-args", e)
+                    r = _failed(Step.KUBELET_ARGS, e)
                 done(r)
-        if "node" in steps:
+        if Step.NODE in steps:
             if not gpu_node:
-                done(StepResult("node", SKIPPED, "CPU node (no_gpu_is_error is false)"))
+                done(StepResult(Step.NODE, Status.SKIPPED, CPU_NODE))
             else:
                 try:
                     labels = self.labels(inv)
                 except Exception as e:
-                    done(_failed("node", e))
+                    done(_failed(Step.NODE, e))
                 else:
-                    r, _ = self.step_node(
-                        inv, labels, runtime, dry_run=dry_run, required=phase == "report"
+                    required = phase is Phase.REPORT
+                    done(
+                        self.step_node(inv, labels, runtime, dry_run=dry_run, required=required)[0]
                     )
-                    done(r)
         return Outcome(
             phase=phase,
             dry_run=dry_run,
             results=tuple(results),
             elapsed_s=time.monotonic() - start,
+            runtime=runtime,
         )
 
     # --- steps --------------------------------------------------------------------------
 
-    def detect_step(self) -> tuple[Inventory, StepResult]:
+    def detect_step(self) -> Detected:
         """Detect, as a step: detection that raises is a failed step, and the inventory
         says NVML could not be read (a GPU node then still gets its startup taint)."""
         try:
             inv = self.detect()
-            return inv, self.step_detect(inv)
+            return Detected(inv, self.step_detect(inv))
         except Exception as e:
-            r = _failed("detect", e)
-            return Inventory(state=STATE_NVML_ERROR, error=type(e).__name__, message=r.detail), r
+            r = _failed(Step.DETECT, e)
+            inv = Inventory(state=STATE_NVML_ERROR, error=type(e).__name__, message=r.detail)
+            return Detected(inv, r)
 
     def step_detect(self, inv: Inventory) -> StepResult:
         if inv.state == STATE_OK:
-            return StepResult("detect", OK, summarize(inv))
+            return StepResult(Step.DETECT, Status.OK, summarize(inv))
         if not self.cfg.no_gpu_is_error:
-            return StepResult("detect", OK, f"{summarize(inv)}; a CPU node (no_gpu_is_error false)")
-        return StepResult("detect", FAILED, summarize(inv), exit_code=EXIT_NO_GPU)
+            detail = f"{summarize(inv)}; a CPU node (no_gpu_is_error false)"
+            return StepResult(Step.DETECT, Status.OK, detail)
+        return StepResult(Step.DETECT, Status.FAILED, summarize(inv), exit_code=EXIT_NO_GPU)
 
-    def step_runtime(self, *, configure: bool, dry_run: bool) -> tuple[StepResult, RuntimeState]:
-        """Configure (or, in the report phase, only verify) the container runtime."""
+    def step_runtime(
+        self, *, configure: bool, dry_run: bool, engine: Optional[str] = None
+    ) -> RuntimeStep:
+        """Configure (or, in the report phase, only verify) the container runtime:
+        ``engine`` (``--runtime``) or the configured one."""
         try:
-            return self._runtime(configure=configure, dry_run=dry_run)
+            return self._runtime(configure=configure, dry_run=dry_run, requested=engine)
         except Exception as e:
-            r = _failed("runtime", e)
-            return r, RuntimeState(False, r.detail)
+            r = _failed(Step.RUNTIME, e)
+            return RuntimeStep(r, RuntimeState(False, r.detail))
 
-    def _runtime(self, *, configure: bool, dry_run: bool) -> tuple[StepResult, RuntimeState]:
-        from nodeagent.runtime.engine import ACTIVATE_NONE, daemon_stopped
-        from nodeagent.runtime.select import choose, make_engine
+    def _runtime(self, *, configure: bool, dry_run: bool, requested: Optional[str]) -> RuntimeStep:
+        from nodeagent.runtime.engine import Activation
+        from nodeagent.runtime.registry import make_engine
+        from nodeagent.runtime.select import choose
 
-        name = choose(self.cfg, self.root)
+        name = choose(self.cfg, self.root, requested)
         if name is None:
-            return StepResult("runtime", SKIPPED, "runtime.engine is none"), RuntimeState()
+            return RuntimeStep(
+                StepResult(Step.RUNTIME, Status.SKIPPED, "runtime.engine is none"), RuntimeState()
+            )
         engine = make_engine(name, self.cfg, self.root)
         facts = engine.read()
         plan = engine.plan(facts)
         warn = "".join(f"; warning: {w}" for w in plan.warnings)
         if not plan.changed:
-            ok = engine.verify()
-            if ok:
-                detail = f"{name}: the nvidia runtime is configured and running{warn}"
-                return StepResult("runtime", UNCHANGED, detail), RuntimeState(True)
-            msg = f"{name}: configured, but the running daemon does not show the nvidia runtime"
-            if daemon_stopped(facts):
-                msg = f"{name}: configured; the daemon is not running (it reads it at start)"
-                return StepResult("runtime", UNCHANGED, msg + warn), RuntimeState(None, msg)
-            return StepResult("runtime", FAILED, msg + warn), RuntimeState(False, msg)
+            return live_runtime(name, verified=engine.verify(), running=facts.running, warn=warn)
         files = ", ".join(c.host_path for c in plan.changes if c.changed)
         if not configure:
             msg = f"{name}: {files} lacks the nvidia runtime (run the bootstrap phase)"
-            return StepResult("runtime", FAILED, msg), RuntimeState(False, msg)
+            return RuntimeStep(
+                StepResult(Step.RUNTIME, Status.FAILED, msg), RuntimeState(False, msg)
+            )
         if dry_run:
             detail = f"{name}: would change {files}; then {plan.activation} ({plan.reason}){warn}"
-            return StepResult("runtime", WOULD_CHANGE, detail, diff=plan.diff()), RuntimeState()
+            return RuntimeStep(
+                StepResult(Step.RUNTIME, Status.WOULD_CHANGE, detail, diff=plan.diff()),
+                RuntimeState(),
+            )
         result = engine.apply(plan)
         if not result.written:  # another run got there first (under the host lock)
-            detail = f"{name}: the nvidia runtime is configured (by a concurrent run){warn}"
-            return StepResult("runtime", UNCHANGED, detail), RuntimeState(None)
-        activated = 0 if result.activation == ACTIVATE_NONE else 1
+            detail = f"{name}: unchanged (the nvidia runtime is already configured, by another run)"
+            return RuntimeStep(
+                StepResult(Step.RUNTIME, Status.UNCHANGED, detail + warn), RuntimeState(None)
+            )
         verified = "verified" if result.verified else "not verified"
         extra = f" ({result.message})" if result.message else ""
-        written = ", ".join(result.written)
-        detail = f"{name}: {written} {activation_done(result.activation)}; {verified}{extra}{warn}"
-        state = RuntimeState(True) if result.verified else RuntimeState(None, result.message)
-        return (
+        detail = (
+            f"{name}: changed {', '.join(result.written)}; {result.activation.past_tense}; "
+            f"{verified}{extra}{warn}"
+        )
+        return RuntimeStep(
             StepResult(
-                "runtime",
-                CHANGED,
+                Step.RUNTIME,
+                Status.CHANGED,
                 detail,
                 file_writes=len(result.written),
-                activations=activated,
+                activations=0 if result.activation is Activation.NONE else 1,
             ),
-            state,
+            RuntimeState(True) if result.verified else RuntimeState(None, result.message),
         )
 
     def step_kubelet_args(self, labels: Mapping[str, str], *, dry_run: bool) -> StepResult:
         """The kubelet's extra-args file: the labels and the startup taint at registration."""
         from nodeagent.host.writer import Writer
-        from nodeagent.kube import kubeletargs
 
-        k = self.cfg.kube
-        taint = (
-            kubeletargs.Taint(k.startup_taint_key, "", "NoSchedule") if k.startup_taint else None
-        )
-        host_path = self.kubelet_args_path()
+        taint = self.startup_taint
+        host_path = self.kubelet_args_path
         what = f"{len(labels)} labels" + (f", taint {taint.flag_value()}" if taint else "")
+        step = Step.KUBELET_ARGS
         try:
             change = kubeletargs.plan(self.root, host_path, labels, taint)
             if not change.changed:
-                return StepResult("kubelet-args", UNCHANGED, f"{host_path} has {what}")
+                return StepResult(step, Status.UNCHANGED, f"{host_path} has {what}")
             if dry_run:
-                return StepResult(
-                    "kubelet-args", WOULD_CHANGE, f"would write {host_path}: {what}", change.diff()
-                )
-            writer = Writer(
-                self.root, self.cfg.lock_file, self.cfg.backup_dir, self.cfg.backup_keep
-            )
-            with writer.session() as session:
+                detail = f"would write {host_path}: {what}"
+                return StepResult(step, Status.WOULD_CHANGE, detail, change.diff())
+            with Writer.of(self.root, self.cfg).session() as session:
                 if session.raced([change]):  # another agent wrote it meanwhile: plan again
                     change = kubeletargs.plan(self.root, host_path, labels, taint)
                     if not change.changed:
-                        return StepResult("kubelet-args", UNCHANGED, f"{host_path} has {what}")
+                        return StepResult(step, Status.UNCHANGED, f"{host_path} has {what}")
                 session.apply(change)
         except NodeagentError as e:
-            return _failed("kubelet-args", e)
+            return _failed(step, e)
         return StepResult(
-            "kubelet-args",
-            CHANGED,
+            step,
+            Status.CHANGED,
             f"wrote {host_path}: {what} (the kubelet applies them when it registers)",
             file_writes=1,
         )
@@ -316,7 +335,7 @@ class Agent:
     def readiness_fn(
         self, inv: Inventory, runtime: RuntimeState, xid: Optional[XidRecord] = None
     ) -> Callable[[Optional[Mapping[str, str]]], Readiness]:
-        from nodeagent.kube.readiness import Facts, assess
+        """Readiness given the Node's capacity, for what this agent found."""
 
         def judge(capacity: Optional[Mapping[str, str]]) -> Readiness:
             return assess(
@@ -344,111 +363,113 @@ class Agent:
         xid: Optional[XidRecord] = None,
         heartbeat: bool = False,
         wait: bool = True,
-    ) -> tuple[StepResult, NodeState]:
-        """Labels, the readiness condition and an Event on this host's Node."""
+    ) -> NodeStep:
+        """Labels, the readiness condition and an Event on this host's Node.
+
+        ``required`` (the report phase): no credential is a failure, not a skip. ``wait``:
+        wait for the Node to register (``kube.wait_for_node_s``) rather than skip."""
         try:
-            return self._node(
-                inv,
-                labels,
-                runtime,
-                dry_run=dry_run,
-                required=required,
-                xid=xid,
-                heartbeat=heartbeat,
-                wait=wait,
+            if not self.credential_present():
+                return self._no_credential(required)
+            from nodeagent.kube.report import Report
+
+            report = Report(
+                labels=labels,
+                readiness=self.readiness_fn(inv, runtime, xid),
+                condition_type=self.cfg.kube.condition_type,
+                host=self.node_name(),
+                event_namespace=self.cfg.kube.event_namespace,
             )
-        except Exception as e:
-            return _failed("node", e), NodeState()
-
-    def _node(
-        self,
-        inv: Inventory,
-        labels: Mapping[str, str],
-        runtime: RuntimeState,
-        *,
-        dry_run: bool,
-        required: bool,
-        xid: Optional[XidRecord],
-        heartbeat: bool,
-        wait: bool,
-    ) -> tuple[StepResult, NodeState]:
-        from nodeagent.kube.report import Report, now_rfc3339
-
-        if not self.credential_present():
-            msg = f"no credential at {self.cfg.kube.kubeconfig} (kube.kubeconfig)"
-            if required:
-                return StepResult("node", FAILED, msg, exit_code=1), NodeState()
-            return StepResult(
-                "node", SKIPPED, msg + ": the kubelet has not joined yet"
-            ), NodeState()
-        report = Report(
-            labels=labels,
-            readiness=self.readiness_fn(inv, runtime, xid),
-            condition_type=self.cfg.kube.condition_type,
-            host=self.node_name(),
-            event_namespace=self.cfg.kube.event_namespace,
-        )
-        name = self.node_name()
-        api = self.node_api()
-        node = api.get_node()
-        if node is None:
+            node = self.node_api().get_node()
+            if node is None:
+                if dry_run or not wait:
+                    return self._unregistered(report, dry_run)
+                node = self.node_api().wait_for_node(self.cfg.kube.wait_for_node_s)
             if dry_run:
-                r = report.readiness(None)
-                return (
-                    StepResult(
-                        "node",
-                        WOULD_CHANGE,
-                        f"Node {name} is not registered yet: would wait up to "
-                        f"{self.cfg.kube.wait_for_node_s:.0f} s, then set {len(labels)} "
-                        f"labels and {self.cfg.kube.condition_type}",
-                    ),
-                    NodeState(r),
-                )
-            if not wait:
-                return StepResult("node", SKIPPED, f"Node {name} not registered yet"), NodeState()
-            node = api.wait_for_node(self.cfg.kube.wait_for_node_s)
-        if dry_run:
-            lp, cp, r, _ = report.plan(node, now_rfc3339(), heartbeat)
-            if lp is None and cp is None:
-                return StepResult("node", UNCHANGED, _node_detail(name, r)), NodeState(r, node)
-            diff = "".join(
-                f"--- PATCH {url} (strategic merge)\n{json.dumps(p, indent=2)}\n"
-                for url, p in (
-                    (f"/api/v1/nodes/{name}", lp),
-                    (f"/api/v1/nodes/{name}/status", cp),
-                )
-                if p is not None
+                return self._node_dry_run(report, node, heartbeat)
+            return self._node_write(report, node, heartbeat)
+        except Exception as e:
+            return NodeStep(_failed(Step.NODE, e), NodeState())
+
+    def _no_credential(self, required: bool) -> NodeStep:
+        msg = f"no credential at {self.cfg.kube.kubeconfig} (kube.kubeconfig)"
+        if required:
+            return NodeStep(StepResult(Step.NODE, Status.FAILED, msg, exit_code=1), NodeState())
+        detail = msg + ": the kubelet has not joined yet"
+        return NodeStep(StepResult(Step.NODE, Status.SKIPPED, detail), NodeState())
+
+    def _unregistered(self, report: Report, dry_run: bool) -> NodeStep:
+        name = self.node_name()
+        if not dry_run:
+            detail = f"Node {name} not registered yet"
+            return NodeStep(StepResult(Step.NODE, Status.SKIPPED, detail), NodeState())
+        k = self.cfg.kube
+        detail = (
+            f"Node {name} is not registered yet: would wait up to {k.wait_for_node_s:.0f} s, "
+            f"then set {len(report.labels)} labels and {k.condition_type}"
+        )
+        return NodeStep(
+            StepResult(Step.NODE, Status.WOULD_CHANGE, detail), NodeState(report.readiness(None))
+        )
+
+    def _node_dry_run(self, report: Report, node: Node, heartbeat: bool) -> NodeStep:
+        from nodeagent.kube.report import now_rfc3339
+
+        planned = report.plan(node, now_rfc3339(), heartbeat)
+        r = planned.readiness
+        if not planned.changed:
+            return NodeStep(
+                StepResult(Step.NODE, Status.UNCHANGED, _node_current(node.name, r)),
+                NodeState(r, node),
             )
-            what = " and ".join(
-                w for w, p in (("labels", lp), (self.cfg.kube.condition_type, cp)) if p
+        what = " and ".join(
+            w
+            for w, p in (
+                ("labels", planned.label_patch),
+                (report.condition_type, planned.status_patch),
             )
-            detail = f"Node {name}: would patch {what}; {_node_detail(name, r, short=True)}"
-            return StepResult("node", WOULD_CHANGE, detail, diff), NodeState(r, node)
-        rep = report.apply(api, node, heartbeat=heartbeat)
-        writes = int(rep.labels_changed) + int(rep.condition_changed) + int(rep.event)
-        r = rep.readiness
-        if not writes:
-            return StepResult("node", UNCHANGED, _node_detail(name, r)), NodeState(r, rep.node)
+            if p is not None
+        )
+        detail = f"Node {node.name}: would patch {what}; {_condition(r)}"
+        return NodeStep(
+            StepResult(Step.NODE, Status.WOULD_CHANGE, detail, planned.diff(node.name)),
+            NodeState(r, node),
+        )
+
+    def _node_write(self, report: Report, node: Node, heartbeat: bool) -> NodeStep:
+        rep = report.apply(self.node_api(), node, heartbeat=heartbeat)
+        r, name = rep.readiness, self.node_name()
+        if not rep.writes:
+            return NodeStep(
+                StepResult(Step.NODE, Status.UNCHANGED, _node_current(name, r)),
+                NodeState(r, rep.node),
+            )
         did = [
             w
             for w, flag in (
                 ("labels", rep.labels_changed),
-                (self.cfg.kube.condition_type, rep.condition_changed),
+                (report.condition_type, rep.condition_changed),
                 ("event", rep.event),
             )
             if flag
         ]
-        detail = f"Node {name}: patched {', '.join(did)}; {_node_detail(name, r, short=True)}"
-        return StepResult("node", CHANGED, detail, api_writes=writes), NodeState(r, rep.node)
+        detail = f"Node {name}: patched {', '.join(did)}; {_condition(r)}"
+        return NodeStep(
+            StepResult(Step.NODE, Status.CHANGED, detail, api_writes=rep.writes),
+            NodeState(r, rep.node),
+        )
 
 
-def _node_detail(name: str, r: Readiness, short: bool = False) -> str:
-    cond = f"{r.status} ({r.reason}: {r.message})"
-    return cond if short else f"Node {name}: labels current, condition {cond}"
+def _condition(r: Readiness) -> str:
+    return f"{r.status} ({r.reason}: {r.message})"
 
 
-def _failed(step: str, e: BaseException) -> StepResult:
+def _node_current(name: str, r: Readiness) -> str:
+    return f"Node {name}: labels current, condition {_condition(r)}"
+
+
+def _failed(step: Step, e: BaseException) -> StepResult:
     """A step that raised ``e``: one line; a bug's traceback is logged at debug (-vv)."""
     if not isinstance(e, NodeagentError):
-        log.debug("apply.step_crashed", step=step, error=describe(e), exc_info=e)
+        log.debug("apply.step_crashed", step=str(step), error=describe(e), exc_info=e)
     return StepResult.of_error(step, e)

@@ -4,45 +4,76 @@ Probes run in the order an operator fixes things (driver, GPUs, runtime, kubelet
 Node), each as a small function of :class:`Facts` — the facts are read once, lazily, and
 shared, so the whole check reads NVML once, the runtime once and the Node once. Nothing
 here writes: no file, no signal, no API write. A probe (or a fact it reads) that raises
-anything is a failed probe with one line; the table is always printed whole. The JSON form
-(``-o json``) is documented in docs/operations.md and versioned by :data:`SCHEMA_VERSION`.
+anything is a failed probe with one line; the table is always printed whole. A fact that
+is absent says why in a typed way (:class:`WhyNot`, :class:`NodeFactState`), so no probe
+reads another's message. The JSON form (``-o json``) is documented in docs/operations.md
+and versioned by :data:`SCHEMA_VERSION`; the table is made by
+:func:`nodeagent.cli.render.check_table`.
+
+May import every layer below the walk, for reading only; never the daemon or the CLI.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
+from nodeagent import StrEnum
 from nodeagent.errors import InputError, NodeagentError, describe
-from nodeagent.gpu.inventory import STATE_OK, Inventory
+from nodeagent.gpu.inventory import GPU_LOST, STATE_NO_GPU, STATE_OK, Inventory
 from nodeagent.host.paths import HostRoot
+from nodeagent.host.reader import read_bytes
+from nodeagent.kube import kubeletargs
+from nodeagent.kube.node import Condition, ConditionStatus, Node
+from nodeagent.kube.patches import condition_changed, label_patch
 from nodeagent.log import get_logger
+from nodeagent.runtime import registry
+from nodeagent.walk.agent import Agent, live_runtime
+from nodeagent.walk.steps import Phase, RuntimeState
 
 if TYPE_CHECKING:
     from nodeagent.config import Config
     from nodeagent.runtime.engine import Engine, Plan
-    from nodeagent.walk.agent import Agent
 
 log = get_logger(__name__)
 
 SCHEMA_VERSION = 1
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 API_DEADLINE_S = 3.0  # how long check waits for the API server, retries included
 NVIDIA_PCI_VENDOR = "0x10de"
+# How long after the condition turned True the controller may take to lift the taint.
+TAINT_LIFT_GRACE_S = 60.0
+
+
+class Result(StrEnum):
+    """A probe's verdict, and the whole check's (the worst of them)."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+PASS, WARN, FAIL, SKIP = Result.PASS, Result.WARN, Result.FAIL, Result.SKIP
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:
     name: str
-    result: str  # pass / warn / fail / skip
+    result: Result
     message: str
     hint: str = ""  # how to fix it; empty on pass
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "name": self.name,
+            "result": str(self.result),
+            "message": self.message,
+            "hint": self.hint,
+        }
 
 
 def nvidia_pci_gpus(root: HostRoot) -> Optional[int]:
@@ -68,16 +99,48 @@ def nvidia_pci_gpus(root: HostRoot) -> Optional[int]:
     return n
 
 
-# NodeFact.state: what reading this host's Node found.
-REGISTERED, UNREGISTERED = "registered", "unregistered"
-NO_CREDENTIAL, BAD_CREDENTIAL, API_FAILED = "no-credential", "bad-credential", "api-failed"
+class NodeFactState(StrEnum):
+    """What reading this host's Node found."""
+
+    REGISTERED = "registered"
+    UNREGISTERED = "unregistered"
+    NO_CREDENTIAL = "no-credential"
+    BAD_CREDENTIAL = "bad-credential"
+    API_FAILED = "api-failed"
 
 
 @dataclasses.dataclass(frozen=True)
 class NodeFact:
-    state: str
-    node: Optional[dict[str, Any]]
+    state: NodeFactState
+    node: Optional[Node]
     why: str  # empty when registered
+
+
+class WhyNot(StrEnum):
+    """Why a runtime fact is absent."""
+
+    NO_ENGINE = "no-engine"  # runtime.engine is none: nothing to probe
+    FAILED = "failed"  # reading it raised: ``Fact.why`` says what
+
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact(Generic[T]):
+    """A fact as read, or (``value`` None) why it is not there."""
+
+    value: Optional[T]
+    why_not: Optional[WhyNot] = None
+    why: str = ""  # for people; empty when there is a value
+
+    @classmethod
+    def failed(cls, e: Exception) -> Fact[T]:
+        return cls(None, WhyNot.FAILED, describe(e))
+
+    def absent(self) -> Fact[Any]:
+        """The same absence, for a fact that needs this one."""
+        return Fact(None, self.why_not, self.why)
 
 
 class Facts:
@@ -97,77 +160,81 @@ class Facts:
         return nvidia_pci_gpus(self.root)
 
     @functools.cached_property
-    def engine(self) -> tuple[Optional[Engine], str]:
-        """(the runtime engine, '') or (None, why not)."""
-        from nodeagent.runtime.select import choose, make_engine
+    def engine(self) -> Fact[Engine[Any]]:
+        from nodeagent.runtime.select import choose
 
         try:
             name = choose(self.cfg, self.root)
             if name is None:
-                return None, "runtime.engine is none"
-            return make_engine(name, self.cfg, self.root), ""
+                return Fact(None, WhyNot.NO_ENGINE, "runtime.engine is none")
+            return Fact(registry.make_engine(name, self.cfg, self.root))
         except Exception as e:
-            return None, describe(e)
+            return Fact.failed(e)
 
     @functools.cached_property
-    def runtime_facts(self) -> tuple[Optional[object], str]:
-        """(what the engine read: its files, whether its daemon runs, ...) or (None, why)."""
-        engine, why = self.engine
+    def runtime_facts(self) -> Fact[Any]:
+        """What the engine read: its files, whether its daemon runs, ..."""
+        engine = self.engine.value
         if engine is None:
-            return None, why
+            return self.engine.absent()
         try:
-            return engine.read(), ""
+            return Fact(engine.read())
         except Exception as e:
-            return None, describe(e)
+            return Fact.failed(e)
 
     @functools.cached_property
-    def runtime_plan(self) -> tuple[Optional[Plan], str]:
-        engine, _ = self.engine
-        facts, why = self.runtime_facts
-        if engine is None or facts is None:
-            return None, why
+    def runtime_plan(self) -> Fact[Plan]:
+        engine, facts = self.engine.value, self.runtime_facts
+        if engine is None or facts.value is None:
+            return facts.absent()
         try:
-            return engine.plan(facts), ""
+            return Fact(engine.plan(facts.value))
         except Exception as e:
-            return None, describe(e)
+            return Fact.failed(e)
 
     @functools.cached_property
     def runtime_stopped(self) -> bool:
         """The engine's daemon is simply not running (as far as its facts tell)."""
-        from nodeagent.runtime.engine import daemon_stopped
-
-        facts, _ = self.runtime_facts
-        return facts is not None and daemon_stopped(facts)
+        facts = self.runtime_facts.value
+        return facts is not None and not facts.running
 
     @functools.cached_property
     def runtime_verified(self) -> bool:
-        engine, _ = self.engine
+        engine = self.engine.value
         return engine is not None and engine.verify()
+
+    @functools.cached_property
+    def runtime_state(self) -> RuntimeState:
+        """The runtime as readiness sees it, worded as ``apply`` words it."""
+        engine = self.engine.value
+        if engine is None:
+            return RuntimeState()
+        verdict = live_runtime(
+            engine.name, verified=self.runtime_verified, running=not self.runtime_stopped
+        )
+        return verdict.state
 
     @functools.cached_property
     def labels(self) -> dict[str, str]:
         return self.agent.labels(self.inventory)
 
     @functools.cached_property
-    def node(self) -> tuple[Optional[dict[str, Any]], str]:
-        """(the Node, '') or (None, why not)."""
-        return self.node_fact.node, self.node_fact.why
-
-    @functools.cached_property
     def node_fact(self) -> NodeFact:
         if not self.agent.credential_present():
-            return NodeFact(NO_CREDENTIAL, None, f"no credential at {self.cfg.kube.kubeconfig}")
+            why = f"no credential at {self.cfg.kube.kubeconfig}"
+            return NodeFact(NodeFactState.NO_CREDENTIAL, None, why)
         try:
             api = self.agent.node_api()
             api.deadline_s = min(api.deadline_s, API_DEADLINE_S)  # answer now or say why
             node = api.get_node()
         except InputError as e:  # the kubeconfig itself: the credential probe's finding
-            return NodeFact(BAD_CREDENTIAL, None, f"credential: {describe(e)}")
+            return NodeFact(NodeFactState.BAD_CREDENTIAL, None, f"credential: {describe(e)}")
         except Exception as e:
-            return NodeFact(API_FAILED, None, f"API: {describe(e)}")
+            return NodeFact(NodeFactState.API_FAILED, None, f"API: {describe(e)}")
         if node is None:
-            return NodeFact(UNREGISTERED, None, f"Node {self.agent.node_name()} is not registered")
-        return NodeFact(REGISTERED, node, "")
+            why = f"Node {self.agent.node_name()} is not registered"
+            return NodeFact(NodeFactState.UNREGISTERED, None, why)
+        return NodeFact(NodeFactState.REGISTERED, node, "")
 
 
 # --- the probes -------------------------------------------------------------------------
@@ -175,7 +242,7 @@ class Facts:
 
 def probe_nvml(f: Facts) -> ProbeResult:
     inv = f.inventory
-    if inv.state == STATE_OK or inv.state == "no-gpu":
+    if inv.state in (STATE_OK, STATE_NO_GPU):
         return ProbeResult("nvml", PASS, f"NVML loads; driver {inv.driver_version}")
     hint = "install the NVIDIA driver (or `modprobe nvidia`); `nvidia-smi` must work"
     if inv.error == "NVML_ERROR_LIB_RM_VERSION_MISMATCH":
@@ -189,7 +256,7 @@ def probe_nvml(f: Facts) -> ProbeResult:
 def probe_gpus(f: Facts) -> ProbeResult:
     inv = f.inventory
     if inv.state != STATE_OK:
-        if inv.state == "no-gpu" and not f.cfg.no_gpu_is_error:
+        if inv.state == STATE_NO_GPU and not f.cfg.no_gpu_is_error:
             return ProbeResult("gpus", PASS, "no GPU: a CPU node (no_gpu_is_error false)")
         return ProbeResult(
             "gpus",
@@ -200,7 +267,7 @@ def probe_gpus(f: Facts) -> ProbeResult:
     bad = [g for g in inv.gpus if not g.usable]
     if bad:
         g = bad[0]
-        lost = g.state == "lost"
+        lost = g.state == GPU_LOST
         return ProbeResult(
             "gpus",
             FAIL,
@@ -223,9 +290,8 @@ def probe_gpus(f: Facts) -> ProbeResult:
 
 
 def probe_runtime_binary(f: Facts) -> ProbeResult:
-    engine, why = f.engine
-    if engine is None:
-        return ProbeResult("runtime-binary", SKIP, why)
+    if f.engine.value is None:
+        return ProbeResult("runtime-binary", SKIP, f.engine.why)
     found = f.root.which(f.cfg.runtime.path)
     if found is None:
         return ProbeResult(
@@ -245,19 +311,19 @@ def _host(f: Facts, p: Path) -> str:
 
 
 def probe_runtime_config(f: Facts) -> ProbeResult:
-    engine, why = f.engine
+    engine = f.engine.value
     if engine is None:
-        status = SKIP if why == "runtime.engine is none" else FAIL
-        return ProbeResult("runtime-config", status, why, "set runtime.engine" if why else "")
-    plan, problem = f.runtime_plan
+        status = SKIP if f.engine.why_not is WhyNot.NO_ENGINE else FAIL
+        return ProbeResult("runtime-config", status, f.engine.why, "set runtime.engine")
+    plan = f.runtime_plan.value
     if plan is None:
         return ProbeResult(
             "runtime-config",
             FAIL,
-            problem,
+            f.runtime_plan.why,
             "fix the file at the line named (nodeagent never overwrites a malformed file)",
         )
-    facts, _ = f.runtime_facts
+    facts = f.runtime_facts.value
     mismatches = engine.mismatches(facts) if facts is not None else ()
     if mismatches:
         return ProbeResult(
@@ -281,43 +347,36 @@ def probe_runtime_config(f: Facts) -> ProbeResult:
 
 
 def probe_runtime_daemon(f: Facts) -> ProbeResult:
-    engine, why = f.engine
+    engine = f.engine.value
     if engine is None:
-        return ProbeResult("runtime-daemon", SKIP, why)
+        return ProbeResult("runtime-daemon", SKIP, f.engine.why)
     if f.runtime_verified:
         what = " (default)" if f.cfg.runtime.set_as_default else ""
         return ProbeResult(
             "runtime-daemon", PASS, f"{engine.name} runs with the nvidia runtime{what}"
         )
+    spec = registry.spec(engine.name)
     if f.runtime_stopped:
         return ProbeResult(
             "runtime-daemon",
             FAIL,
             f"{engine.name} is not running",
-            f"`systemctl start {_unit(f, engine.name)}`; `journalctl -u {_unit(f, engine.name)}`",
+            spec.start_hint(f.cfg.runtime),
         )
     return ProbeResult(
         "runtime-daemon",
         FAIL,
         f"{engine.name} answers but does not show the nvidia runtime"
         + (" as default" if f.cfg.runtime.set_as_default else ""),
-        "`nodeagent apply` reloads it (or `systemctl reload docker`; containerd: restart)",
+        spec.take_config_hint(f.cfg.runtime),
     )
 
 
-def _unit(f: Facts, name: str) -> str:
-    rt = f.cfg.runtime
-    return rt.docker.service if name == "docker" else rt.containerd.service
-
-
 def probe_kubelet_args(f: Facts) -> ProbeResult:
-    from nodeagent.kube import kubeletargs
-
-    k = f.cfg.kube
     if f.inventory.state != STATE_OK and not f.cfg.no_gpu_is_error:
         return ProbeResult("kubelet-args", SKIP, "CPU node")
-    taint = kubeletargs.Taint(k.startup_taint_key, "", "NoSchedule") if k.startup_taint else None
-    path = f.agent.kubelet_args_path()
+    taint = f.agent.startup_taint
+    path = f.agent.kubelet_args_path
     try:
         change = kubeletargs.plan(f.root, path, f.labels, taint)
     except NodeagentError as e:
@@ -325,7 +384,7 @@ def probe_kubelet_args(f: Facts) -> ProbeResult:
     if not change.changed:
         what = f"{len(f.labels)} labels" + (" and the startup taint" if taint else "")
         return ProbeResult("kubelet-args", PASS, f"{path} carries {what}")
-    registered = f.node[0] is not None
+    registered = f.node_fact.node is not None
     return ProbeResult(
         "kubelet-args",
         WARN if registered else FAIL,
@@ -337,9 +396,6 @@ def probe_kubelet_args(f: Facts) -> ProbeResult:
 
 def probe_credential(f: Facts) -> ProbeResult:
     """The kubeconfig parses (its current context resolves) and every file it names reads."""
-    import datetime
-
-    from nodeagent.host.reader import read_bytes
     from nodeagent.kube.client import certificate_not_after, read_kubeconfig
 
     shown = f.cfg.kube.kubeconfig
@@ -388,9 +444,10 @@ def probe_credential(f: Facts) -> ProbeResult:
 
 def probe_api(f: Facts) -> ProbeResult:
     fact = f.node_fact
-    if fact.state in (REGISTERED, UNREGISTERED):
+    if fact.state in (NodeFactState.REGISTERED, NodeFactState.UNREGISTERED):
         return ProbeResult("api", PASS, "the API server answers")
-    if fact.state in (NO_CREDENTIAL, BAD_CREDENTIAL):  # the credential probe says why
+    if fact.state in (NodeFactState.NO_CREDENTIAL, NodeFactState.BAD_CREDENTIAL):
+        # the credential probe says why
         return ProbeResult("api", SKIP, fact.why)
     why = fact.why
     return ProbeResult(
@@ -400,7 +457,7 @@ def probe_api(f: Facts) -> ProbeResult:
 
 def probe_node(f: Facts) -> ProbeResult:
     fact = f.node_fact
-    if fact.state == UNREGISTERED:
+    if fact.state is NodeFactState.UNREGISTERED:
         return ProbeResult(
             "node",
             FAIL,
@@ -414,13 +471,10 @@ def probe_node(f: Facts) -> ProbeResult:
 
 
 def probe_labels(f: Facts) -> ProbeResult:
-    from nodeagent.kube.patches import label_patch
-
-    node, why = f.node
+    node = f.node_fact.node
     if node is None:
-        return ProbeResult("labels", SKIP, why)
-    meta = node.get("metadata") or {}
-    patch = label_patch(meta.get("labels") or {}, meta.get("annotations") or {}, f.labels)
+        return ProbeResult("labels", SKIP, f.node_fact.why)
+    patch = label_patch(node.labels, node.annotations, f.labels)
     if patch is None:
         return ProbeResult("labels", PASS, f"{len(f.labels)} labels current")
     keys = sorted((patch["metadata"].get("labels") or {}).keys())
@@ -434,21 +488,17 @@ def probe_labels(f: Facts) -> ProbeResult:
 
 
 def probe_condition(f: Facts) -> ProbeResult:
-    from nodeagent.kube.patches import condition_changed, find_condition
-
-    node, why = f.node
+    node = f.node_fact.node
     ctype = f.cfg.kube.condition_type
     if node is None:
-        return ProbeResult("condition", SKIP, why)
-    current = find_condition((node.get("status") or {}).get("conditions") or [], ctype)
-    want = f.agent.readiness_fn(f.inventory, _runtime_state(f))(
-        (node.get("status") or {}).get("capacity")
-    )
+        return ProbeResult("condition", SKIP, f.node_fact.why)
+    current = node.condition(ctype)
+    want = f.agent.readiness_fn(f.inventory, f.runtime_state)(node.capacity)
     if current is None:
         return ProbeResult(
             "condition", FAIL, f"{ctype} is not set", "`nodeagent apply --phase report`"
         )
-    shown = f"{ctype}={current.get('status')} ({current.get('reason')})"
+    shown = f"{ctype}={current.status} ({current.reason})"
     if condition_changed(current, want):
         return ProbeResult(
             "condition",
@@ -456,51 +506,34 @@ def probe_condition(f: Facts) -> ProbeResult:
             f"{shown}, but now it is {want.status} ({want.reason}: {want.message})",
             "is `nodeagent run` running? (`systemctl status nodeagent`)",
         )
-    if want.status != "True":
+    if want.status is not ConditionStatus.TRUE:
         return ProbeResult(
             "condition", WARN, f"{shown}: {want.message}", "fix what the probes above report"
         )
     return ProbeResult("condition", PASS, shown)
 
 
-def _runtime_state(f: Facts) -> Any:
-    from nodeagent.walk.agent import RuntimeState
-
-    if f.engine[0] is None:
-        return RuntimeState()
-    if f.runtime_verified:
-        return RuntimeState(True)
-    if f.runtime_stopped:
-        return RuntimeState(None)
-    return RuntimeState(False, "the runtime does not show the nvidia runtime")
-
-
 def probe_startup_taint(f: Facts) -> ProbeResult:
-    from nodeagent.kube.patches import find_condition
-
-    node, why = f.node
+    node = f.node_fact.node
     key = f.cfg.kube.startup_taint_key
+    ctype = f.cfg.kube.condition_type
     if node is None:
-        return ProbeResult("startup-taint", SKIP, why)
-    taints = (node.get("spec") or {}).get("taints") or []
-    tainted = any(t.get("key") == key for t in taints)
-    cond = find_condition(
-        (node.get("status") or {}).get("conditions") or [], f.cfg.kube.condition_type
-    )
-    ready = cond is not None and cond.get("status") == "True"
+        return ProbeResult("startup-taint", SKIP, f.node_fact.why)
+    tainted = node.has_taint(key)
+    cond = node.condition(ctype)
+    ready = cond is not None and cond.status is ConditionStatus.TRUE
     if tainted and ready and _age_s(cond) < TAINT_LIFT_GRACE_S:
         return ProbeResult(
             "startup-taint",
             WARN,
-            f"{key} is still on the Node; {f.cfg.kube.condition_type} turned True "
-            f"{_age_s(cond):.0f} s ago",
+            f"{key} is still on the Node; {ctype} turned True {_age_s(cond):.0f} s ago",
             "the controller lifts it within seconds; if it stays, see the next check",
         )
     if tainted and ready:
         return ProbeResult(
             "startup-taint",
             FAIL,
-            f"{key} is still on the Node although {f.cfg.kube.condition_type} is True",
+            f"{key} is still on the Node although {ctype} is True",
             "deploy the controller that lifts it: `kubectl apply -f deploy/controller.yaml`",
         )
     if tainted:
@@ -508,44 +541,40 @@ def probe_startup_taint(f: Facts) -> ProbeResult:
     return ProbeResult("startup-taint", PASS, "no startup taint left")
 
 
-# How long after the condition turned True the controller may take to lift the taint.
-TAINT_LIFT_GRACE_S = 60.0
-
-
-def _age_s(cond: Any) -> float:
+def _age_s(cond: Optional[Condition]) -> float:
     """Seconds since the condition's lastTransitionTime (inf when absent or unreadable)."""
-    from nodeagent.kube.patches import epoch
-
-    since = epoch(cond.get("lastTransitionTime"))
+    since = cond.last_transition_time if cond is not None else None
     return float("inf") if since is None else time.time() - since
 
 
 Probe = Callable[[Facts], ProbeResult]
 
-PROBES: tuple[tuple[str, Probe, frozenset[str]], ...] = (
-    ("nvml", probe_nvml, frozenset({"bootstrap", "report"})),
-    ("gpus", probe_gpus, frozenset({"bootstrap", "report"})),
-    ("runtime-binary", probe_runtime_binary, frozenset({"bootstrap"})),
-    ("runtime-config", probe_runtime_config, frozenset({"bootstrap"})),
-    ("runtime-daemon", probe_runtime_daemon, frozenset({"bootstrap", "report"})),
-    ("kubelet-args", probe_kubelet_args, frozenset({"bootstrap"})),
-    ("credential", probe_credential, frozenset({"report"})),
-    ("api", probe_api, frozenset({"report"})),
-    ("node", probe_node, frozenset({"report"})),
-    ("labels", probe_labels, frozenset({"report"})),
-    ("condition", probe_condition, frozenset({"report"})),
-    ("startup-taint", probe_startup_taint, frozenset({"report"})),
+PROBES: tuple[tuple[str, Probe, frozenset[Phase]], ...] = (
+    ("nvml", probe_nvml, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),
+    ("gpus", probe_gpus, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),
+    ("runtime-binary", probe_runtime_binary, frozenset({Phase.BOOTSTRAP})),
+    ("runtime-config", probe_runtime_config, frozenset({Phase.BOOTSTRAP})),
+    ("runtime-daemon", probe_runtime_daemon, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),
+    ("kubelet-args", probe_kubelet_args, frozenset({Phase.BOOTSTRAP})),
+    ("credential", probe_credential, frozenset({Phase.REPORT})),
+    ("api", probe_api, frozenset({Phase.REPORT})),
+    ("node", probe_node, frozenset({Phase.REPORT})),
+    ("labels", probe_labels, frozenset({Phase.REPORT})),
+    ("condition", probe_condition, frozenset({Phase.REPORT})),
+    ("startup-taint", probe_startup_taint, frozenset({Phase.REPORT})),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """A whole check: the probes' results in order."""
+
     node: str
-    phase: str
+    phase: Phase
     probes: tuple[ProbeResult, ...]
     elapsed_s: float
 
-    def worst(self, strict: bool = False) -> str:
+    def worst(self, strict: bool = False) -> Result:
         results = {p.result for p in self.probes}
         if FAIL in results or (strict and WARN in results):
             return FAIL
@@ -558,20 +587,20 @@ class Report:
         return {
             "schema_version": SCHEMA_VERSION,
             "node": self.node,
-            "phase": self.phase,
-            "result": self.worst(strict),
+            "phase": str(self.phase),
+            "result": str(self.worst(strict)),
             "elapsed_s": round(self.elapsed_s, 3),
             "probes": [p.to_dict() for p in self.probes],
         }
 
 
-def run(agent: Agent, phase: str = "all") -> Report:
+def run(agent: Agent, phase: Phase = Phase.ALL) -> Report:
     """Every probe of ``phase`` (bootstrap, report, all), in order. Never writes."""
     start = time.monotonic()
     facts = Facts(agent)
     out: list[ProbeResult] = []
     for name, probe, phases in PROBES:
-        if phase != "all" and phase not in phases:
+        if phase is not Phase.ALL and phase not in phases:
             continue
         try:
             out.append(probe(facts))
@@ -589,29 +618,3 @@ def _crashed(name: str, e: Exception) -> ProbeResult:
         return ProbeResult(name, FAIL, describe(e), "fix what the message names")
     log.debug("check.probe_crashed", probe=name, error=describe(e), exc_info=e)
     return ProbeResult(name, FAIL, describe(e), "a bug in nodeagent: please report it (-vv)")
-
-
-_COLOURS = {PASS: "32", WARN: "33", FAIL: "31", SKIP: "2"}
-
-
-def render(report: Report, colour: bool, strict: bool = False) -> str:
-    """The one-screen table: a line per probe, a fix line under each warn/fail."""
-
-    def paint(text: str, result: str) -> str:
-        return f"\033[{_COLOURS[result]}m{text}\033[0m" if colour else text
-
-    width = max(len(p.name) for p in report.probes) if report.probes else 4
-    lines = []
-    for p in report.probes:
-        mark = paint(f"{p.result.upper():<4}", p.result)
-        lines.append(f"{mark}  {p.name:<{width}}  {p.message}")
-        if p.hint and p.result in (WARN, FAIL):
-            lines.append(f"{'':4}  {'':<{width}}  fix: {p.hint}")
-    counts = {r: sum(1 for p in report.probes if p.result == r) for r in (PASS, WARN, FAIL, SKIP)}
-    verdict = report.worst(strict)
-    summary = ", ".join(f"{n} {r}" for r, n in counts.items() if n)
-    lines.append(
-        f"check {report.phase} on {report.node}: {paint(verdict, verdict)} · {summary} · "
-        f"{report.elapsed_s:.2f} s"
-    )
-    return "\n".join(lines) + "\n"

@@ -1,47 +1,66 @@
-"""What one step of ``apply`` did, and the one line it prints.
+"""What one step of ``apply`` did, and what a whole ``apply`` found.
 
 Every step of every phase ends in exactly one :class:`StepResult`, so the output, the exit
 code, the metrics and the tests all read the same record. ``file_writes``, ``api_writes``
 and ``activations`` are counted where they happen, which is how idempotence is asserted:
-a second ``apply`` must end with all three at zero.
+a second ``apply`` must end with all three at zero. The lines people read are made in
+:mod:`nodeagent.cli.render`; this module holds data only (no I/O, no printing) and may
+import only data modules (errors, the GPU inventory, the Node view, readiness).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
+from nodeagent import StrEnum
 from nodeagent.errors import EXIT_FAILED, EXIT_OK, describe, exit_code_of
-from nodeagent.runtime.engine import ACTIVATE_NONE, ACTIVATE_RELOAD, ACTIVATE_RESTART
+from nodeagent.gpu.inventory import Inventory
+from nodeagent.kube.node import Node
+from nodeagent.kube.readiness import Readiness
 
-OK = "ok"  # a read-only step that found what it needed (detect)
-CHANGED = "changed"
-UNCHANGED = "unchanged"
-SKIPPED = "skipped"
-FAILED = "failed"
-WOULD_CHANGE = "would change"  # --dry-run
 
-STATUSES = (OK, CHANGED, UNCHANGED, SKIPPED, FAILED, WOULD_CHANGE)
+class Step(StrEnum):
+    """The steps of ``apply``, in the order they run."""
 
-# How a written runtime config took effect, from what was done (ApplyResult.activation).
-ACTIVATION_DONE = {
-    ACTIVATE_NONE: "written",
-    ACTIVATE_RELOAD: "reloaded",
-    ACTIVATE_RESTART: "restarted",
+    DETECT = "detect"
+    RUNTIME = "runtime"
+    KUBELET_ARGS = "kubelet-args"
+    NODE = "node"
+
+
+class Phase(StrEnum):
+    """``--phase``: which steps run (:data:`PHASES`)."""
+
+    BOOTSTRAP = "bootstrap"  # before the kubelet registers
+    REPORT = "report"  # after it registered
+    ALL = "all"
+
+
+PHASES: dict[str, tuple[Step, ...]] = {  # keyed by Phase (a str)
+    Phase.BOOTSTRAP: (Step.DETECT, Step.RUNTIME, Step.KUBELET_ARGS),
+    Phase.REPORT: (Step.DETECT, Step.RUNTIME, Step.NODE),
+    Phase.ALL: (Step.DETECT, Step.RUNTIME, Step.KUBELET_ARGS, Step.NODE),
 }
 
 
-def activation_done(activation: str) -> str:
-    """The word for an :class:`ApplyResult`'s activation: written / reloaded / restarted."""
-    return ACTIVATION_DONE.get(activation, f"written ({activation})")
+class Status(StrEnum):
+    """How a step ended."""
+
+    OK = "ok"  # a read-only step that found what it needed (detect)
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    WOULD_CHANGE = "would change"  # --dry-run
 
 
 @dataclasses.dataclass(frozen=True)
 class StepResult:
     """One step's outcome: its status, a one-line detail (why, for skipped and failed)."""
 
-    step: str
-    status: str
+    step: Step
+    status: Status
     detail: str
     # --dry-run: the file diffs and API patches the step would make.
     diff: str = ""
@@ -52,17 +71,14 @@ class StepResult:
     exit_code: int = EXIT_FAILED
 
     @classmethod
-    def of_error(cls, step: str, e: BaseException) -> StepResult:
+    def of_error(cls, step: Step, e: BaseException) -> StepResult:
         """A step that raised: failed, one line, the error's exit code (1 for a bug)."""
-        return cls(step, FAILED, describe(e), exit_code=exit_code_of(e))
-
-    def line(self) -> str:
-        return f"{self.step:<13}{self.status:<14}{self.detail}"
+        return cls(step, Status.FAILED, describe(e), exit_code=exit_code_of(e))
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step,
-            "status": self.status,
+            "step": str(self.step),
+            "status": str(self.status),
             "detail": self.detail,
             "file_writes": self.file_writes,
             "api_writes": self.api_writes,
@@ -71,47 +87,70 @@ class StepResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class Outcome:
-    """A whole ``apply``: its steps in order and how long it took."""
+class RuntimeState:
+    """What the runtime step learnt, for readiness: ``ok`` None = not checked (engine none,
+    or a daemon that is not running yet); ``message`` says why when ``ok`` is False."""
 
-    phase: str
+    ok: Optional[bool] = None
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeState:
+    """What the node step learnt: the readiness it reported and the Node as last seen."""
+
+    readiness: Optional[Readiness] = None
+    node: Optional[Node] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Detected:
+    """The detect step: the inventory (NVML's error as one when detection raised)."""
+
+    inventory: Inventory
+    result: StepResult
+
+
+class RuntimeStep(NamedTuple):
+    """The runtime step: its result and the runtime state readiness needs."""
+
+    result: StepResult
+    state: RuntimeState
+
+
+class NodeStep(NamedTuple):
+    """The node step: its result and what it learnt of the Node."""
+
+    result: StepResult
+    state: NodeState
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A whole ``apply``: its steps in order, what the runtime step found, how long it took."""
+
+    phase: Phase
     dry_run: bool
     results: tuple[StepResult, ...]
     elapsed_s: float
+    # The runtime state the runtime step found (not checked when it did not run).
+    runtime: RuntimeState = RuntimeState()
 
     @property
     def failed(self) -> tuple[StepResult, ...]:
-        return tuple(r for r in self.results if r.status == FAILED)
+        return tuple(r for r in self.results if r.status == Status.FAILED)
 
     @property
     def exit_code(self) -> int:
         """The first failed step's code (steps run in the order an operator fixes them)."""
         return self.failed[0].exit_code if self.failed else EXIT_OK
 
-    @property
-    def writes(self) -> int:
-        return sum(r.file_writes + r.api_writes for r in self.results)
-
-    @property
-    def activations(self) -> int:
-        return sum(r.activations for r in self.results)
-
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
-
-    def summary(self) -> str:
-        """``apply bootstrap: ok · 1 ok, 2 changed · 0.11 s`` (an ASCII stream shows - for
-        the dots: cli._tolerant_streams)."""
-        parts = [f"{self.count(s)} {s}" for s in STATUSES if self.count(s)]
-        verdict = "failed" if self.failed else ("dry run" if self.dry_run else "ok")
-        head = f"apply {self.phase}: {verdict}"
-        if self.failed:
-            head += f" (first failure: {self.failed[0].step})"
-        return f"{head} · {', '.join(parts)} · {self.elapsed_s:.2f} s"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "phase": self.phase,
+            "phase": str(self.phase),
             "dry_run": self.dry_run,
             "exit_code": self.exit_code,
             "elapsed_s": round(self.elapsed_s, 3),

@@ -1,4 +1,6 @@
-"""containerd: the nvidia runtime in a drop-in (or config.toml), checked, restarted, verified.
+"""containerd: the engine — the facts read from the host, the plan, and what ``apply``
+hands the host's write sequence; the TOML itself is edited by
+:mod:`~nodeagent.runtime.containerd.tomledit`.
 
 containerd 1.x *replaces* a whole plugin section when an imported file defines it (checked
 on Debian's 1.6: a drop-in holding only the nvidia runtime drops ``sandbox_image``, runc's
@@ -8,34 +10,34 @@ runtime, and every ``apply`` re-derives it, so an edit to config.toml's CRI sect
 into the drop-in on the next run. The drop-in is never more readable than the files it
 copies (they may hold registry passwords).
 
-The nvidia runtime is a copy of the runtime it is based on (:func:`base_runtime`, runc on
-almost every host) with ``BinaryName`` set; its ``runtime_type`` and ``SystemdCgroup`` follow
-that runtime on every configure, so GPU pods use the kubelet's cgroup driver.
+The nvidia runtime is a copy of the runtime it is based on
+(:func:`~nodeagent.runtime.containerd.tomledit.base_runtime`, runc on almost every host)
+with ``BinaryName`` set; its ``runtime_type`` and ``SystemdCgroup`` follow that runtime on
+every configure, so GPU pods use the kubelet's cgroup driver.
 
 containerd has no reload and exits on SIGHUP: a change takes effect by a restart, which
 does not stop running containers (their shims outlive the daemon). Before restarting, the
 new files are checked with ``containerd --config F config dump``; a config containerd would
 refuse is never restarted into. docs/runtime.md explains the choices.
+
+Reads and writes host files only through the host reader and writer (the write sequence
+in :mod:`nodeagent.host.service`); runs ``containerd config dump`` and ``ctr``, and
+restarts containerd only through :mod:`nodeagent.host.service`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import fnmatch
 import os
-import posixpath
-import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 import tomlkit
-import tomlkit.exceptions
 
 from nodeagent.config import Config
 from nodeagent.errors import InputError, NodeagentError, StepFailed
@@ -50,52 +52,42 @@ from nodeagent.host.reader import (
     read_bytes,
     read_text,
 )
-from nodeagent.host.reader import type_name as _json_type_name
-from nodeagent.host.service import ServiceControl, succeeded
+from nodeagent.host.service import (
+    Daemon,
+    ServiceControl,
+    attempt,
+    listening,
+    restart_verified,
+    write_sequence,
+)
 from nodeagent.host.writer import Restore, Session, Writer, undo_all
 from nodeagent.log import get_logger
 from nodeagent.retry import wait_until
-from nodeagent.runtime.engine import (
-    ACTIVATE_NONE,
-    ACTIVATE_RESTART,
-    ApplyResult,
-    Plan,
+from nodeagent.runtime.containerd.tomledit import (
+    CRI_PLUGIN,
+    OptionMismatch,
+    TomlFile,
+    check_shape,
+    config_version,
+    cri_mismatches,
+    cri_of,
+    desired_cri,
+    dump_problem,
+    dumped_plugin,
+    effective_cri,
+    is_glob,
+    matches_import,
+    narrowest,
+    parse_toml,
+    render_drop_in,
+    resolve_imports,
+    with_import,
+    with_runtime_in_place,
+    without_import,
 )
+from nodeagent.runtime.engine import Activation, ApplyResult, Plan
 
 log = get_logger(__name__)
-
-# The CRI runtime plugin's name by config schema version (containerd 1.5+: 2; 2.x: 3).
-CRI_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
-RUNC_V2 = "io.containerd.runc.v2"
-# The runtimes the nvidia runtime may be based on, in order of preference (then any other).
-LOW_LEVEL = ("runc", "crun")
-# The options of the nvidia runtime that must match its base runtime (and so the kubelet).
-FOLLOWED = ("runtime_type", "options.SystemdCgroup")
-DROP_IN_HEADER = (
-    "# Written by nodeagent; do not edit. containerd replaces a whole plugin section when an\n"
-    "# imported file defines it, so this holds a copy of the CRI runtime section of\n"
-    "# config.toml (and its other imports) plus the nvidia runtime. Edit config.toml and\n"
-    "# run `nodeagent runtime configure` again; to undo: `nodeagent rollback`.\n"
-)
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-@dataclasses.dataclass(frozen=True)
-class TomlFile:
-    """One TOML file as read: its host path, what the reader saw (None if absent), and its
-    plain data (shape-checked where the agent looks)."""
-
-    host_path: str
-    current: Optional[HostText]
-    data: dict[str, Any]
-
-    @property
-    def text(self) -> Optional[str]:
-        return self.current.text if self.current is not None else None
-
-    @property
-    def meta(self) -> Optional[FileMeta]:
-        return self.current.meta if self.current is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,267 +103,17 @@ class ContainerdFacts:
     imported_after: tuple[str, ...]  # imports merged after the drop-in (they would win)
     runtime_path: str  # host path of the runtime binary, absolute
     runtime_found: bool
-    running: bool
+    running: bool  # containerd's socket exists (engine.Facts)
     can_restart: bool
 
 
 @dataclasses.dataclass(frozen=True)
-class OptionMismatch:
-    """The nvidia runtime and its base runtime disagree on an option that must match."""
+class Dump:
+    """What ``containerd config dump`` gave: the merged config, or why not."""
 
-    key: str  # "runtime_type" or "options.SystemdCgroup"
-    runtime: str  # the nvidia runtime's name
-    value: object  # its value (None: unset)
-    base: str  # the runtime it follows (runc, ...)
-    base_value: object
-
-    def __str__(self) -> str:
-        return (
-            f"runtime '{self.runtime}' has {self.key} = {_show(self.value)} but "
-            f"'{self.base}' has {_show(self.base_value)}"
-        )
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-# --- reading and shape checks ---------------------------------------------------------------
-
-
-def parse_toml(text: Optional[str], host_path: str) -> dict[str, Any]:
-    """Plain data of a TOML file; InputError ``PATH:LINE:COL: msg`` if it is malformed."""
-    if text is None or not text.strip():
-        return {}
-    try:
-        data: dict[str, Any] = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as e:
-        raise InputError(f"{host_path}:{e.line}:{e.col}: malformed TOML: {_parse_msg(e)}") from None
-    except tomlkit.exceptions.TOMLKitError as e:
-        raise InputError(f"{host_path}: malformed TOML: {e}") from None
-    except RecursionError:
-        raise InputError(f"{host_path}: TOML nested too deeply; refusing to read it") from None
-    return data
-
-
-def _parse_msg(e: tomlkit.exceptions.ParseError) -> str:
-    # tomlkit appends " at line L col C"; the position is already in front.
-    return str(e).split(" at line ")[0]
-
-
-def key_path(*parts: str) -> str:
-    """A TOML key path as the operator would write it: ``plugins."io.containerd…".containerd``."""
-    return ".".join(p if _BARE_KEY.match(p) else tomlkit.dumps({"k": p})[4:].strip() for p in parts)
-
-
-def _type_name(value: object) -> str:
-    return "a table" if isinstance(value, dict) else _json_type_name(value)
-
-
-def _expect(value: object, kind: type, shown: str, keys: Sequence[str]) -> None:
-    """``SHOWN: 'KEY.PATH' must be KIND, not TYPE`` unless ``value`` is a ``kind``."""
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if not ok:
-        what = {dict: "a table", list: "a list", str: "a string", bool: "a boolean"}.get(
-            kind, "an integer"
-        )
-        raise InputError(f"{shown}: '{key_path(*keys)}' must be {what}, not {_type_name(value)}")
-
-
-def check_shape(data: Mapping[str, Any], shown: str) -> None:
-    """Raise InputError naming the key path when a key the agent reads or writes has the
-    wrong type: ``version``, ``imports``, ``plugins`` and the CRI sections under it."""
-    if "version" in data:
-        version = data["version"]
-        _expect(version, int, shown, ["version"])
-        if version not in CRI_PLUGIN:
-            raise InputError(f"{shown}: config version {version!r} is not 2 or 3")
-    if "imports" in data:
-        _expect(data["imports"], list, shown, ["imports"])
-        for i, entry in enumerate(data["imports"]):
-            if not isinstance(entry, str):
-                raise InputError(
-                    f"{shown}: 'imports[{i}]' must be a string, not {_type_name(entry)}"
-                )
-    if "plugins" not in data:
-        return
-    plugins = data["plugins"]
-    _expect(plugins, dict, shown, ["plugins"])
-    for plugin in CRI_PLUGIN.values():
-        if plugin in plugins:
-            _check_cri(plugins[plugin], shown, ["plugins", plugin])
-
-
-def _check_cri(cri: object, shown: str, at: list[str]) -> None:
-    _expect(cri, dict, shown, at)
-    assert isinstance(cri, dict)
-    if "containerd" not in cri:
-        return
-    ctd = cri["containerd"]
-    at = [*at, "containerd"]
-    _expect(ctd, dict, shown, at)
-    if "default_runtime_name" in ctd:
-        _expect(ctd["default_runtime_name"], str, shown, [*at, "default_runtime_name"])
-    if "runtimes" not in ctd:
-        return
-    runtimes = ctd["runtimes"]
-    _expect(runtimes, dict, shown, [*at, "runtimes"])
-    for name, entry in runtimes.items():
-        here = [*at, "runtimes", name]
-        _expect(entry, dict, shown, here)
-        if "runtime_type" in entry:
-            _expect(entry["runtime_type"], str, shown, [*here, "runtime_type"])
-        if "options" in entry:
-            options = entry["options"]
-            _expect(options, dict, shown, [*here, "options"])
-            if "SystemdCgroup" in options:
-                _expect(options["SystemdCgroup"], bool, shown, [*here, "options", "SystemdCgroup"])
-            if "BinaryName" in options:
-                _expect(options["BinaryName"], str, shown, [*here, "options", "BinaryName"])
-
-
-def config_version(data: dict[str, Any], host_path: str) -> int:
-    """The config schema version; a non-empty v1 config (no ``version``) is refused. An
-    empty or comment-only file is version 2 (what nodeagent writes into it)."""
-    version = data.get("version")
-    if version is None:
-        if data:
-            raise InputError(
-                f"{host_path}: a version 1 config (no 'version' key); nodeagent writes "
-                "version 2 and 3 configs: migrate it with `containerd config migrate` "
-                "or add 'version = 2' if it holds no v1 plugin sections"
-            )
-        return 2
-    return int(version)
-
-
-def resolve_imports(config_host_path: str, entries: Sequence[str]) -> list[str]:
-    """Host paths of ``imports`` entries as containerd resolves them: a relative path is
-    relative to config.toml's directory, but a relative *glob* is expanded from
-    containerd's working directory, ``/`` under systemd (seen with containerd 1.6:
-    ``conf.d/*.toml`` matches ``/conf.d/*.toml``). Globs are kept as patterns."""
-    base = PurePosixPath(config_host_path).parent
-    out = []
-    for entry in entries:
-        p = PurePosixPath(entry)
-        if not p.is_absolute():
-            p = (PurePosixPath("/") if is_glob(entry) else base) / p
-        out.append(posixpath.normpath(str(p)))  # like Go's filepath.Clean: no '..' left
-    return out
-
-
-def is_glob(pattern: str) -> bool:
-    """containerd expands an import as a glob only when it holds ``*``."""
-    return "*" in pattern
-
-
-# --- the pure part ----------------------------------------------------------------------------
-
-
-def _cri_of(data: Mapping[str, Any], plugin: str) -> Optional[dict[str, Any]]:
-    found = (data.get("plugins") or {}).get(plugin)
-    return found if isinstance(found, dict) else None
-
-
-def effective_cri(config: TomlFile, imports: Sequence[TomlFile], plugin: str) -> dict[str, Any]:
-    """The CRI section containerd would use: the last file that defines it wins whole."""
-    section: dict[str, Any] = _cri_of(config.data, plugin) or {}
-    for imp in imports:
-        theirs = _cri_of(imp.data, plugin)
-        if theirs is not None:
-            section = theirs
-    return copy.deepcopy(section)
-
-
-def _is_nvidia(runtime: str, name: str) -> bool:
-    return runtime == name or runtime.startswith("nvidia")
-
-
-def base_runtime(runtimes: Mapping[str, Any], name: str) -> tuple[str, dict[str, Any]]:
-    """Pure: the runtime the nvidia runtime ``name`` copies and follows: runc, else crun,
-    else the first other non-nvidia runtime; containerd's built-in runc when there is none.
-
-    It never depends on ``default_runtime_name``, which nodeagent itself sets: following the
-    default would make the nvidia runtime follow a different runtime after the first run.
-    """
-    others = [r for r in LOW_LEVEL if r in runtimes] + sorted(
-        r for r in runtimes if r not in LOW_LEVEL and not _is_nvidia(r, name)
-    )
-    for r in others:
-        entry = runtimes[r]
-        if isinstance(entry, dict):
-            return r, entry
-    return "runc", {"runtime_type": RUNC_V2}
-
-
-def _followed(entry: Mapping[str, Any]) -> dict[str, object]:
-    """The values of the options that must match, as containerd reads them."""
-    options = entry.get("options")
-    return {
-        "runtime_type": entry.get("runtime_type") or RUNC_V2,  # "" is unset: runc v2
-        "options.SystemdCgroup": options.get("SystemdCgroup")
-        if isinstance(options, dict)
-        else None,
-    }
-
-
-def desired_cri(cri: dict[str, Any], name: str, binary: str, set_default: bool) -> dict[str, Any]:
-    """Pure: the CRI section with the nvidia runtime (and as the default, if asked).
-
-    A new nvidia entry copies its base runtime; an existing one keeps its own keys but
-    takes ``runtime_type`` and ``options.SystemdCgroup`` from the base runtime. Without
-    ``set_default``, a default that is the nvidia runtime is demoted to the base runtime.
-    """
-    out = copy.deepcopy(cri)
-    ctd = out.setdefault("containerd", {})
-    runtimes = ctd.setdefault("runtimes", {})
-    if not runtimes:
-        # A section that names no runtime means containerd's built-in runc; replacing the
-        # section must keep it, or pods without a RuntimeClass lose their runtime.
-        runtimes["runc"] = {"runtime_type": RUNC_V2}
-    base_name, base = base_runtime(runtimes, name)
-    if name in runtimes:
-        entry = copy.deepcopy(runtimes[name])
-        want = _followed(base)
-        entry["runtime_type"] = want["runtime_type"]
-        options = entry.setdefault("options", {})
-        if want["options.SystemdCgroup"] is None:
-            options.pop("SystemdCgroup", None)
-        else:
-            options["SystemdCgroup"] = want["options.SystemdCgroup"]
-    else:
-        entry = copy.deepcopy(base)
-        if not entry.get("runtime_type"):
-            entry["runtime_type"] = RUNC_V2
-        options = entry.setdefault("options", {})
-    options["BinaryName"] = binary
-    runtimes[name] = entry
-    if set_default:
-        ctd["default_runtime_name"] = name
-    elif ctd.get("default_runtime_name") == name:
-        runtimes.setdefault(base_name, base)
-        ctd["default_runtime_name"] = base_name
-    return out
-
-
-def cri_mismatches(cri: Mapping[str, Any], name: str) -> tuple[OptionMismatch, ...]:
-    """Pure: where the nvidia runtime ``name`` in a CRI section disagrees with its base
-    runtime on the options that must match (none when it has no nvidia runtime)."""
-    ctd = cri.get("containerd")
-    runtimes = ctd.get("runtimes") if isinstance(ctd, dict) else None
-    if not isinstance(runtimes, dict) or not isinstance(runtimes.get(name), dict):
-        return ()
-    base_name, base = base_runtime(runtimes, name)
-    ours, theirs = _followed(runtimes[name]), _followed(base)
-    return tuple(
-        OptionMismatch(key, name, ours[key], base_name, theirs[key])
-        for key in FOLLOWED
-        if ours[key] != theirs[key]
-    )
+    config: Optional[dict[str, Any]]
+    why: str = ""
+    no_binary: bool = False  # no containerd to ask (image baking): nothing to check
 
 
 def runtime_mismatches(facts: ContainerdFacts, name: str) -> tuple[OptionMismatch, ...]:
@@ -380,80 +122,6 @@ def runtime_mismatches(facts: ContainerdFacts, name: str) -> tuple[OptionMismatc
     return cri_mismatches(
         effective_cri(facts.config, facts.merged, CRI_PLUGIN[facts.version]), name
     )
-
-
-def render_drop_in(version: int, plugin: str, cri: dict[str, Any]) -> str:
-    return DROP_IN_HEADER + tomlkit.dumps({"version": version, "plugins": {plugin: cri}})
-
-
-def _ensure_version(doc: tomlkit.TOMLDocument, version: int) -> None:
-    # A file with no version is version 1 to containerd and to nodeagent; an empty or
-    # comment-only one gets the version of what is added to it.
-    if "version" not in doc:
-        doc["version"] = version
-
-
-def with_import(config_text: Optional[str], entry: str, version: int = 2) -> str:
-    """config.toml's text with ``entry`` appended to ``imports``, formatting kept."""
-    if config_text is None or not config_text.strip():
-        return f"version = {version}\nimports = [{_toml_str(entry)}]\n"
-    doc = tomlkit.parse(config_text)
-    _ensure_version(doc, version)
-    imports = doc.get("imports")
-    if imports is None:
-        doc["imports"] = [entry]
-    else:
-        imports.append(entry)
-    return tomlkit.dumps(doc)
-
-
-def without_import(config_text: str, entry: str) -> str:
-    doc = tomlkit.parse(config_text)
-    imports = doc.get("imports")
-    if imports is not None and entry in imports:
-        imports.remove(entry)
-        if not imports:
-            del doc["imports"]
-    return tomlkit.dumps(doc)
-
-
-def with_runtime_in_place(
-    config_text: Optional[str], plugin: str, cri: dict[str, Any], version: int = 2
-) -> str:
-    """config.toml's text with the CRI section's runtimes and default set in place."""
-    doc = tomlkit.parse(config_text or "")
-    _ensure_version(doc, version)
-    plugins = doc.setdefault("plugins", tomlkit.table(is_super_table=True))
-    section = plugins.setdefault(plugin, tomlkit.table(is_super_table=True))
-    ctd = section.setdefault("containerd", tomlkit.table())
-    want = cri["containerd"]
-    default = want.get("default_runtime_name")
-    if default is not None and ctd.get("default_runtime_name") != default:
-        ctd["default_runtime_name"] = default
-    runtimes = ctd.setdefault("runtimes", tomlkit.table(is_super_table=True))
-    for rname, entry in want["runtimes"].items():
-        if rname not in runtimes or runtimes[rname].unwrap() != entry:
-            runtimes[rname] = entry
-    return tomlkit.dumps(doc)
-
-
-def _toml_str(s: str) -> str:
-    return tomlkit.dumps({"k": s}).split("=", 1)[1].strip()
-
-
-def _matches(pattern: str, host_path: str) -> bool:
-    return pattern == host_path or (is_glob(pattern) and fnmatch.fnmatchcase(host_path, pattern))
-
-
-def narrowest(metas: Sequence[Optional[FileMeta]]) -> Optional[FileMeta]:
-    """The owner of the first file and the permission bits every one of them allows."""
-    found = [m for m in metas if m is not None]
-    if not found:
-        return None
-    mode = 0o7777
-    for m in found:
-        mode &= m.mode
-    return FileMeta(uid=found[0].uid, gid=found[0].gid, mode=mode)
 
 
 class ContainerdEngine:
@@ -497,7 +165,7 @@ class ContainerdEngine:
         after: list[str] = []
         imported = False
         for entry, pattern in zip(entries, resolve_imports(config.host_path, entries)):
-            names_drop_in = _matches(pattern, self.cc.drop_in)
+            names_drop_in = matches_import(pattern, self.cc.drop_in)
             found = self._expand(pattern)
             if not found and not is_glob(pattern) and pattern != self.cc.drop_in:
                 raise InputError(
@@ -516,7 +184,6 @@ class ContainerdEngine:
                 if imported or (names_drop_in and host_path > self.cc.drop_in):
                     after.append(host_path)
             imported = imported or names_drop_in
-        sock = unix_socket_path(self.cc.address)
         binary = self.root.which(self.rt.path)
         if binary is not None:
             runtime_path = "/" + str(binary.relative_to(self.root.root))
@@ -534,7 +201,7 @@ class ContainerdEngine:
             imported_after=tuple(dict.fromkeys(after)),
             runtime_path=runtime_path,
             runtime_found=binary is not None,
-            running=sock is not None and Path(sock).is_socket(),
+            running=listening(self.cc.address),
             can_restart=self.root.is_real_host or bool(self.cc.restart_command),
         )
 
@@ -557,13 +224,11 @@ class ContainerdEngine:
 
     # --- the pure part ------------------------------------------------------------------
 
-    def mismatches(self, current: object) -> tuple[str, ...]:
-        assert isinstance(current, ContainerdFacts)
-        return tuple(str(m) for m in runtime_mismatches(current, self.rt.name))
+    def mismatches(self, facts: ContainerdFacts) -> tuple[str, ...]:
+        return tuple(str(m) for m in runtime_mismatches(facts, self.rt.name))
 
-    def plan(self, current: object) -> Plan:
-        assert isinstance(current, ContainerdFacts)
-        f = current
+    def plan(self, facts: ContainerdFacts) -> Plan:
+        f = facts
         plugin = CRI_PLUGIN[f.version]
         cri = desired_cri(
             effective_cri(f.config, f.imports, plugin),
@@ -575,7 +240,7 @@ class ContainerdEngine:
         warnings: list[str] = []
         if self.cc.use_drop_in:
             for imp in f.imports:
-                if imp.host_path in f.imported_after and _cri_of(imp.data, plugin) is not None:
+                if imp.host_path in f.imported_after and cri_of(imp.data, plugin) is not None:
                     raise InputError(
                         f"{imp.host_path}: defines the CRI section and is imported after "
                         f"{self.cc.drop_in}, so containerd would drop the nvidia runtime; "
@@ -599,7 +264,7 @@ class ContainerdEngine:
                 changes.append(self._change(f.config, new))
         else:
             for imp in f.imports:
-                if _cri_of(imp.data, plugin) is not None:
+                if cri_of(imp.data, plugin) is not None:
                     raise InputError(
                         f"{imp.host_path}: defines the CRI section, which replaces "
                         f"config.toml's whole: an in-place edit would not take; use the "
@@ -640,21 +305,21 @@ class ContainerdEngine:
         except ValueError:
             return str(drop_in)
 
-    def _activation(self, f: ContainerdFacts) -> tuple[str, str]:
+    def _activation(self, f: ContainerdFacts) -> tuple[Activation, str]:
         mode = self.rt.restart_mode
         if mode == "none":
-            return ACTIVATE_NONE, "restart_mode none: write only"
+            return Activation.NONE, "restart_mode none: write only"
         if not f.running:
-            return ACTIVATE_NONE, "containerd is not running: it reads the files when it starts"
+            return Activation.NONE, "containerd is not running: it reads the files when it starts"
         if not f.can_restart:
-            return ACTIVATE_NONE, "--root is not / and no restart_command is configured"
+            return Activation.NONE, "--root is not / and no restart_command is configured"
         if mode == "reload":
             raise InputError(
                 "restart_mode reload: containerd cannot reload its config (it exits on "
                 "SIGHUP); use auto or restart"
             )
         return (
-            ACTIVATE_RESTART,
+            Activation.RESTART,
             "containerd reads its config only at start (containers keep running)",
         )
 
@@ -664,45 +329,48 @@ class ContainerdEngine:
         return ServiceControl(unit=self.cc.service, restart_command=self.cc.restart_command)
 
     def _writer(self) -> Writer:
-        return Writer(
-            self.root, self.config.lock_file, self.config.backup_dir, self.config.backup_keep
+        return Writer.of(self.root, self.config)
+
+    def _daemon(self) -> Daemon:
+        return Daemon(
+            name=self.name,
+            control=self._service(),
+            shows_runtime=self._wait_verified,
+            answers=self._wait_answering,
         )
 
     def apply(self, plan: Plan) -> ApplyResult:
         if not plan.changed:
             return ApplyResult(engine=self.name, verified=True, message="unchanged")
-        with self._writer().session() as session:
-            if session.raced(plan.changes):
-                plan = self.plan(self.read())  # another writer got there first
-                if not plan.changed:
-                    return ApplyResult(
-                        engine=self.name,
-                        verified=True,
-                        message="unchanged (another nodeagent run made this change)",
-                    )
-            changes = [c for c in plan.changes if c.changed]
-            restores = session.apply_all(changes)
-            written = tuple(c.host_path for c in changes)
-            problem = self.check_files()
-            if problem:
-                undo_all(restores)
-                raise StepFailed(f"containerd would not load the new config, restored: {problem}")
-            if plan.activation == ACTIVATE_NONE:
-                return ApplyResult(engine=self.name, written=written, message=plan.reason)
-            if self._restart() and self._wait_verified():
-                return ApplyResult(
-                    engine=self.name, written=written, activation=ACTIVATE_RESTART, verified=True
-                )
-            undo_all(restores)
-            back = self._restart() and self._wait_answering()
-            raise StepFailed(
-                "containerd did not come back with the nvidia runtime after a restart; "
-                "restored the previous files and restarted it "
-                + ("(it is running again)" if back else "(it is NOT answering: check its log)")
+        done = write_sequence(
+            self._writer(),
+            plan,
+            replan=lambda: self.plan(self.read()),
+            take_effect=self._take_effect,
+        )
+        if done is None:
+            return ApplyResult(
+                engine=self.name,
+                verified=True,
+                message="unchanged (another nodeagent run made this change)",
             )
+        return done
+
+    def _take_effect(self, plan: Plan, restores: Sequence[Restore]) -> ApplyResult:
+        """Never restart into files containerd would refuse; restart, verified, else the
+        old files back."""
+        written = tuple(c.host_path for c in plan.changes if c.changed)
+        problem = self.check_files()
+        if problem is not None:
+            undo_all(restores)
+            raise StepFailed(f"containerd would not load the new config, restored: {problem}")
+        if plan.activation == Activation.NONE:
+            return ApplyResult(engine=self.name, written=written, message=plan.reason)
+        done = restart_verified(self._daemon(), restores, "files")
+        return ApplyResult.activated(self.name, written, done)
 
     def _restart(self) -> bool:
-        return succeeded(self._service().restart, self.cc.service)
+        return attempt(self._service().restart) is None
 
     def _tool(self, name: str) -> Optional[str]:
         """The root's own binary; under a --root without one, this machine's (it is only
@@ -743,11 +411,11 @@ class ContainerdEngine:
         dest.write_text(tomlkit.dumps(doc))
         return str(dest)
 
-    def dump(self) -> tuple[Optional[dict[str, Any]], str]:
+    def dump(self) -> Dump:
         """containerd's own merged view of the files (``config dump``), or why not."""
         binary = self._tool("containerd")
         if binary is None:
-            return None, "containerd binary not found"
+            return Dump(None, "containerd binary not found", no_binary=True)
         try:
             with self._dump_config() as config:
                 argv = [binary, "--config", str(config), "config", "dump"]
@@ -760,43 +428,24 @@ class ContainerdEngine:
                     stdin=subprocess.DEVNULL,
                 )
         except NodeagentError as e:
-            return None, str(e)
+            return Dump(None, str(e))
         except (OSError, subprocess.TimeoutExpired) as e:
-            return None, f"{binary} config dump: {e}"
+            return Dump(None, f"{binary} config dump: {e}")
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines()
-            return None, lines[-1] if lines else f"config dump exit {proc.returncode}"
+            return Dump(None, lines[-1] if lines else f"config dump exit {proc.returncode}")
         try:
-            return parse_toml(proc.stdout, "containerd config dump"), ""
+            return Dump(parse_toml(proc.stdout, "containerd config dump"))
         except InputError as e:
-            return None, str(e)
+            return Dump(None, str(e))
 
-    def check_files(self) -> str:
-        """'' when containerd reads the files and sees the runtime as wanted, else why not.
-        Without a containerd binary (image baking) there is nothing to ask: ''."""
-        data, why = self.dump()
-        if data is None:
-            return "" if why == "containerd binary not found" else why
-        return self._runtime_problem(data)
-
-    def _runtime_problem(self, data: dict[str, Any]) -> str:
-        """Pure: '' when the dumped config has the runtime (as default, if asked)."""
-        cri = _cri_of(data, self._plugin(data)) or {}
-        ctd = cri.get("containerd") or {}
-        runtime = (ctd.get("runtimes") or {}).get(self.rt.name)
-        if not runtime:
-            return f"containerd config dump shows no '{self.rt.name}' runtime"
-        default = ctd.get("default_runtime_name")
-        if self.rt.set_as_default and default != self.rt.name:
-            return f"containerd config dump shows default runtime {default!r}"
-        if not self.rt.set_as_default and default == self.rt.name:
-            return f"containerd config dump shows '{self.rt.name}' as the default runtime"
-        return ""
-
-    @staticmethod
-    def _plugin(dumped: dict[str, Any]) -> str:
-        version = dumped.get("version")
-        return CRI_PLUGIN.get(version if isinstance(version, int) else 2, CRI_PLUGIN[2])
+    def check_files(self) -> Optional[str]:
+        """None when containerd reads the files and sees the runtime as wanted, else why
+        not. Without a containerd binary (image baking) there is nothing to ask: None."""
+        dumped = self.dump()
+        if dumped.config is None:
+            return None if dumped.no_binary else dumped.why
+        return dump_problem(dumped.config, self.rt.name, self.rt.set_as_default)
 
     def _ctr(self, *args: str) -> tuple[bool, str]:
         ctr = self._tool("ctr")
@@ -820,16 +469,16 @@ class ContainerdEngine:
         ok, out = self._ctr("plugins", "ls")
         if not ok:
             return False
-        data, _ = self.dump()
+        data = self.dump().config
         if data is None:
             return False
-        kind, _, ident = self._plugin(data).rpartition(".")
+        kind, _, ident = dumped_plugin(data).rpartition(".")
         cri_ok = any(
             line.split()[:2] == [kind, ident] and line.split()[-1] == "ok"
             for line in out.splitlines()
             if line.strip()
         )
-        return cri_ok and self._runtime_problem(data) == ""
+        return cri_ok and dump_problem(data, self.rt.name, self.rt.set_as_default) is None
 
     def _wait_verified(self) -> bool:
         return wait_until(
@@ -866,8 +515,8 @@ class ContainerdEngine:
                 undo_all(restores)
                 raise
             written = tuple(c.host_path for c in changes)
-            running = self._running()
-            activation = ACTIVATE_NONE
+            running = listening(self.cc.address)
+            activation = Activation.NONE
             how = "containerd is not running: it reads them when it starts"
             if self.rt.restart_mode == "none":
                 how = "restart_mode none: containerd keeps the runtime until it restarts"
@@ -878,19 +527,15 @@ class ContainerdEngine:
                     raise StepFailed(
                         f"{done}; but containerd is not answering after the restart (check its log)"
                     )
-                activation = ACTIVATE_RESTART
+                activation = Activation.RESTART
                 how = "restarted containerd"
         return ApplyResult(
             engine=self.name,
             written=written,
             activation=activation,
-            verified=activation == ACTIVATE_RESTART,
+            verified=activation == Activation.RESTART,
             message=f"{done}; {how}",
         )
-
-    def _running(self) -> bool:
-        sock = unix_socket_path(self.cc.address)
-        return sock is not None and Path(sock).is_socket()
 
     def _keep_undone(self, session: Session, host_path: str) -> None:
         """Save what a rollback replaces (``.undone``: for the operator, never restored)."""

@@ -2,11 +2,13 @@
 
 The walk (see :mod:`nodeagent.runtime.engine`): ``read`` gathers the facts (the file, how
 dockerd is started, whether it runs, whether the runtime binary exists); ``plan`` is pure;
-``apply`` is the only place that writes or signals. daemon.json is read by the host reader
-and written by the host writer (:mod:`nodeagent.host`): under the host lock, re-read and
-compared, backed up, written through symlinks with its line endings and mode kept, and put
-back exactly by its restore handle when docker does not take it. docs/runtime.md explains
-the choices.
+``apply`` hands the plan to the host's write sequence (:func:`nodeagent.host.service.
+write_sequence`: lock, re-read and compare, back up, write, restore handles) and decides
+only what is docker's own: reload or restart, and when a reload that did not take may fall
+back to a restart. docs/runtime.md explains the choices.
+
+Edits and plans daemon.json; reads and writes host files only through the host reader and
+writer, and drives dockerd only through :mod:`nodeagent.host.service`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from pathlib import Path
-from typing import Any, Callable, Optional
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, TypeVar
 
 from nodeagent.config import Config
-from nodeagent.errors import InputError, NodeagentError, StepFailed
+from nodeagent.errors import InputError, StepFailed
 from nodeagent.host.change import FileChange
-from nodeagent.host.paths import HostRoot, unix_socket_path
+from nodeagent.host.paths import HostRoot
 from nodeagent.host.reader import (
     FileMeta,
     HostText,
@@ -29,21 +31,24 @@ from nodeagent.host.reader import (
     read_bytes,
     read_text,
 )
-from nodeagent.host.service import ServiceControl
+from nodeagent.host.service import (
+    Daemon,
+    ServiceControl,
+    attempt,
+    listening,
+    restart_verified,
+    undo,
+    write_sequence,
+)
 from nodeagent.host.writer import Restore, Writer
 from nodeagent.log import get_logger
 from nodeagent.retry import wait_until
 from nodeagent.runtime.docker import flags as dockerflags
 from nodeagent.runtime.docker import jsonedit
-from nodeagent.runtime.engine import (
-    ACTIVATE_NONE,
-    ACTIVATE_RELOAD,
-    ACTIVATE_RESTART,
-    ApplyResult,
-    Plan,
-)
+from nodeagent.runtime.engine import Activation, ApplyResult, Plan
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 # daemon.json keys dockerd re-reads on SIGHUP (docker/cli docs/reference/dockerd.md,
 # "Configuration reload behavior"); a change to any other key needs a restart.
@@ -75,7 +80,7 @@ class DockerFacts:
     current: Optional[HostText]  # daemon.json as read, None if absent
     doc: jsonedit.JSONDoc
     flag_sources: tuple[dockerflags.FlagSource, ...]
-    running: bool  # docker's API socket exists
+    running: bool  # docker's API socket exists (engine.Facts)
     can_signal: bool  # we may reload/restart this docker (see DockerEngine._can_signal)
     runtime_found: bool
 
@@ -130,25 +135,6 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
     return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
 
 
-def _attempt(action: Callable[[], None]) -> Optional[str]:
-    """Run a reload/restart: None when it succeeded, else its one-line error."""
-    try:
-        action()
-    except StepFailed as e:
-        log.warning("docker.service_action_failed", error=str(e))
-        return str(e)
-    return None
-
-
-def _undo(restore: Restore) -> Optional[str]:
-    """Put the old file back: None when done, else why not."""
-    try:
-        restore.undo()
-    except NodeagentError as e:
-        return str(e)
-    return None
-
-
 class DockerEngine:
     """The docker config engine. ``config`` paths are host paths under ``root``."""
 
@@ -174,10 +160,6 @@ class DockerEngine:
         check_shape(doc.data, text, self.host_path, self.rt.name)
         return current, doc
 
-    def _running(self) -> bool:
-        sock = unix_socket_path(self.dc.host)
-        return sock is not None and Path(sock).is_socket()
-
     def _can_signal(self) -> bool:
         # With --root pointing elsewhere (image baking), the docker answering on this
         # machine is not the one whose file we edit: only explicit controls may touch it.
@@ -190,24 +172,23 @@ class DockerEngine:
             current=current,
             doc=doc,
             flag_sources=tuple(dockerflags.collect(self.root)),
-            running=self._running(),
+            running=listening(self.dc.host),
             can_signal=self._can_signal(),
             runtime_found=self.root.which(self.rt.path) is not None,
         )
 
     # --- the pure part ------------------------------------------------------------------
 
-    def mismatches(self, current: object) -> tuple[str, ...]:
+    def mismatches(self, facts: DockerFacts) -> tuple[str, ...]:
         """None for docker: every runtime runs under dockerd's one cgroup driver."""
         return ()
 
-    def plan(self, current: object) -> Plan:
-        assert isinstance(current, DockerFacts)
-        f = current
+    def plan(self, facts: DockerFacts) -> Plan:
+        f = facts
         other = dockerflags.config_file_flag(f.flag_sources)
-        if other and other[1] != self.host_path:
+        if other is not None and other.path != self.host_path:
             raise InputError(
-                f"{other[0]}: dockerd reads {other[1]} (--config-file), not {self.host_path}; "
+                f"{other.where}: dockerd reads {other.path} (--config-file), not {self.host_path}; "
                 "set runtime.docker.config_file to it"
             )
         new_data = desired(f.doc.data, self.rt.name, self.rt.path, self.rt.set_as_default)
@@ -238,30 +219,29 @@ class DockerEngine:
             warnings=tuple(warnings),
         )
 
-    def _activation(self, f: DockerFacts, keys: set[str]) -> tuple[str, str]:
+    def _activation(self, f: DockerFacts, keys: set[str]) -> tuple[Activation, str]:
         mode = self.rt.restart_mode
         if mode == "none":
-            return ACTIVATE_NONE, "restart_mode none: write only"
+            return Activation.NONE, "restart_mode none: write only"
         if not f.running:
-            return ACTIVATE_NONE, "docker is not running: it reads the file when it starts"
+            return Activation.NONE, "docker is not running: it reads the file when it starts"
         if not f.can_signal:
-            return ACTIVATE_NONE, "--root is not / and no pidfile or command is configured"
+            return Activation.NONE, "--root is not / and no pidfile or command is configured"
         if mode == "restart":
-            return ACTIVATE_RESTART, "restart_mode restart"
+            return Activation.RESTART, "restart_mode restart"
         if keys <= RELOADABLE_KEYS:
-            return ACTIVATE_RELOAD, f"only reloadable keys change ({', '.join(sorted(keys))})"
+            return Activation.RELOAD, f"only reloadable keys change ({', '.join(sorted(keys))})"
         if mode == "reload":
             raise InputError(
                 f"restart_mode reload, but {', '.join(sorted(keys - RELOADABLE_KEYS))} "
                 "need a restart"
             )
-        return ACTIVATE_RESTART, "keys that need a restart change"
+        return Activation.RESTART, "keys that need a restart change"
 
     # --- the imperative shell -----------------------------------------------------------
 
     def _writer(self) -> Writer:
-        c = self.config
-        return Writer(self.root, c.lock_file, c.backup_dir, c.backup_keep)
+        return Writer.of(self.root, self.config)
 
     def _service(self) -> ServiceControl:
         pidfile = self.root.resolve(self.dc.pidfile)[0] if self.dc.pidfile else None
@@ -274,43 +254,51 @@ class DockerEngine:
             process="dockerd",
         )
 
+    def _daemon(self, default: Optional[str]) -> Daemon:
+        """dockerd, verified as showing the runtime with ``default`` (if not None)."""
+        return Daemon(
+            name=self.name,
+            control=self._service(),
+            shows_runtime=lambda: self._wait_verified(default),
+            answers=self._wait_ping,
+        )
+
     def apply(self, plan: Plan) -> ApplyResult:
         if not plan.changed:
             return ApplyResult(engine=self.name, message="unchanged")
-        with self._writer().session() as s:
-            if s.raced(plan.changes):
-                # Another writer (another agent) got there first: plan again under the lock.
-                log.info("docker.replan", path=self.host_path)
-                plan = self.plan(self.read())
-                if not plan.changed:
-                    return ApplyResult(
-                        engine=self.name,
-                        message="unchanged (another run had already configured it)",
-                    )
-            (change,) = plan.changes
-            if plan.activation == ACTIVATE_RESTART:
-                self._refuse_surprise_restart(change.new)
-            restore = s.apply(change)
-            if plan.activation == ACTIVATE_NONE:
-                return ApplyResult(
-                    engine=self.name,
-                    written=(self.host_path,),
-                    message=f"docker not reloaded or restarted: {plan.reason}",
-                )
-            return self._activate(plan.activation, change, restore)
+        done = write_sequence(
+            self._writer(),
+            plan,
+            replan=lambda: self.plan(self.read()),
+            take_effect=self._take_effect,
+            before_write=self._refuse_surprise_restart,
+        )
+        if done is None:
+            return ApplyResult(
+                engine=self.name, message="unchanged (another run had already configured it)"
+            )
+        return done
 
-    def _activate(self, activation: str, change: FileChange, restore: Restore) -> ApplyResult:
-        svc = self._service()
+    def _take_effect(self, plan: Plan, restores: Sequence[Restore]) -> ApplyResult:
+        """Reload (falling back to a restart when the mode and the live-host rule allow)
+        or restart, verified; the old file back when it does not take."""
         written = (self.host_path,)
-        default = self._expected_default(change.new)
+        if plan.activation == Activation.NONE:
+            return ApplyResult(
+                engine=self.name,
+                written=written,
+                message=f"docker not reloaded or restarted: {plan.reason}",
+            )
+        (change,) = plan.changes
+        daemon = self._daemon(self._expected_default(change.new))
         why = ""
-        if activation == ACTIVATE_RELOAD:
-            failed = _attempt(svc.reload)
-            if failed is None and self._wait_verified(default):
+        if plan.activation == Activation.RELOAD:
+            failed = attempt(daemon.control.reload)
+            if failed is None and daemon.shows_runtime():
                 return ApplyResult(
                     engine=self.name,
                     written=written,
-                    activation=ACTIVATE_RELOAD,
+                    activation=Activation.RELOAD,
                     verified=True,
                     message="reloaded docker; it shows the nvidia runtime",
                 )
@@ -322,12 +310,12 @@ class DockerEngine:
             log.warning("docker.reload_did_not_take", why=why)
             mode = self.rt.restart_mode
             if mode != "auto" or self._live_containers_at_risk(change.new):
-                undo_failed = _undo(restore)
+                undo_failed = undo(restores)
                 if undo_failed is not None:
                     raise StepFailed(f"{why}; could NOT restore the old file: {undo_failed}")
                 # A reload that ran may have applied part of the file: re-read the old one.
-                again = "" if failed is not None else _attempt(svc.reload)
-                state = "" if not again else f" (reloading docker with it failed: {again})"
+                again = None if failed is not None else attempt(daemon.control.reload)
+                state = "" if again is None else f" (reloading docker with it failed: {again})"
                 hint = (
                     "restart_mode reload allows no restart"
                     if mode == "reload"
@@ -335,44 +323,28 @@ class DockerEngine:
                     "to allow it"
                 )
                 raise StepFailed(f"{why}; the old file is restored{state}. {hint}")
-        failed = _attempt(svc.restart)
-        if failed is None and self._wait_verified(default):
-            return ApplyResult(
-                engine=self.name,
-                written=written,
-                activation=ACTIVATE_RESTART,
-                verified=True,
-                message=(f"{why}; " if why else "")
-                + "restarted docker; it shows the nvidia runtime",
-            )
-        # Docker did not come back with the runtime: put the old file back, restart once
-        # more (one restart + one rollback restart fits docker.service's StartLimitBurst=3).
-        what = (
-            f"restarting docker failed ({failed})"
-            if failed is not None
-            else "docker did not come back with the nvidia runtime after a restart"
-        )
-        undo_failed = _undo(restore)
-        if undo_failed is not None:
-            raise StepFailed(f"{what}; could NOT restore the previous file: {undo_failed}")
-        again = _attempt(svc.restart)
-        if again is not None:
-            state = f"restarting docker with it failed too ({again})"
-        elif self._wait_ping():
-            state = "restarted docker with it (it is running again)"
-        else:
-            state = "restarted docker with it, but it is NOT answering: check its log"
-        raise StepFailed(f"{what}; restored the previous {self.host_path}; {state}")
+        done = restart_verified(daemon, restores, self.host_path, why)
+        return ApplyResult.activated(self.name, written, done)
 
     def _expected_default(self, text: Optional[str]) -> Optional[str]:
         """The ``default-runtime`` the file names (dockerd must then report it)."""
         value = jsonedit.parse(text or "", self.host_path).data.get("default-runtime")
         return value if isinstance(value, str) else None
 
-    def _client(self) -> Any:
-        import docker  # lazy: planning and --dry-run never import the SDK
+    def _ask(self, what: str, question: Callable[[Any], T]) -> Optional[T]:
+        """``question``'s answer from the docker API, or None (logged as ``docker.WHAT``)
+        when docker does not answer."""
+        try:
+            import docker  # lazy: planning and --dry-run never import the SDK
 
-        return docker.DockerClient(base_url=self.dc.host, timeout=5)
+            client = docker.DockerClient(base_url=self.dc.host, timeout=5)
+            try:
+                return question(client)
+            finally:
+                client.close()
+        except Exception as e:
+            log.info(f"docker.{what}", error=str(e))
+            return None
 
     def _live_containers_at_risk(self, text: Optional[str]) -> bool:
         """Whether a restart now would stop running containers (live-restore off in
@@ -381,18 +353,15 @@ class DockerEngine:
             return False
         if jsonedit.parse(text or "", self.host_path).data.get("live-restore") is True:
             return False
-        try:
-            client = self._client()
-            try:
-                return bool(client.containers.list())
-            finally:
-                client.close()
-        except Exception as e:  # docker not answering: nothing runs through it
-            log.info("docker.containers_unknown", error=str(e))
-            return False
+        # docker not answering: nothing runs through it
+        return bool(self._ask("containers_unknown", lambda c: c.containers.list()))
 
-    def _refuse_surprise_restart(self, text: Optional[str]) -> None:
-        if self._live_containers_at_risk(text):
+    def _refuse_surprise_restart(self, plan: Plan) -> None:
+        """Before writing: refuse a restart that would stop running containers."""
+        if plan.activation != Activation.RESTART:
+            return
+        (change,) = plan.changes
+        if self._live_containers_at_risk(change.new):
             raise StepFailed(
                 "docker must restart for this change, live-restore is off and containers are "
                 "running: a restart would stop them. Run with --allow-restart (or set "
@@ -400,17 +369,12 @@ class DockerEngine:
             )
 
     def _info(self) -> Optional[dict[str, Any]]:
-        try:
-            client = self._client()
-            try:
-                client.ping()
-                info: dict[str, Any] = client.info()
-            finally:
-                client.close()
-        except Exception as e:
-            log.info("docker.verify.unreachable", error=str(e))
-            return None
-        return info
+        def info(client: Any) -> dict[str, Any]:
+            client.ping()
+            found: dict[str, Any] = client.info()
+            return found
+
+        return self._ask("verify.unreachable", info)
 
     def _shows(self, default: Optional[str]) -> bool:
         """Whether docker answers and lists the runtime, with ``default`` (if given) as
@@ -435,16 +399,7 @@ class DockerEngine:
         )
 
     def _ping(self) -> bool:
-        try:
-            client = self._client()
-            try:
-                client.ping()
-            finally:
-                client.close()
-        except Exception as e:
-            log.info("docker.ping.failed", error=str(e))
-            return False
-        return True
+        return self._ask("ping.failed", lambda c: bool(c.ping())) is not None
 
     def _wait_ping(self) -> bool:
         return wait_until(self._ping, what="docker ping", deadline_s=self.rt.verify_timeout_s)
@@ -506,9 +461,9 @@ class DockerEngine:
                 if target is None
                 else f"restored {shown} from {newest.path.name}"
             )
-            if activation != ACTIVATE_NONE:
+            if activation != Activation.NONE:
                 svc = self._service()
-                failed = _attempt(svc.reload if activation == ACTIVATE_RELOAD else svc.restart)
+                failed = attempt(svc.reload if activation == Activation.RELOAD else svc.restart)
                 if failed is not None:
                     raise StepFailed(
                         f"{done}, but the {activation} failed ({failed}); docker keeps its "
@@ -517,7 +472,7 @@ class DockerEngine:
                 if not self._wait_ping():
                     raise StepFailed(f"{done}, but docker is not answering after the {activation}")
                 note = (
-                    "; reloaded docker" if activation == ACTIVATE_RELOAD else "; restarted docker"
+                    "; reloaded docker" if activation == Activation.RELOAD else "; restarted docker"
                 )
         return ApplyResult(
             engine=self.name,
@@ -531,11 +486,11 @@ class DockerEngine:
         cur: Optional[dict[str, Any]],
         old: dict[str, Any],
         target: Optional[bytes],
-    ) -> tuple[str, str]:
+    ) -> tuple[Activation, str]:
         """(reload / restart / none, the note that says what docker keeps) for a rollback
         from ``cur`` (None: malformed) to ``old``."""
         if cur is not None and not changed_keys(cur, old):
-            return ACTIVATE_NONE, "; docker's settings do not change: nothing to reload"
+            return Activation.NONE, "; docker's settings do not change: nothing to reload"
         if cur is None:
             keeps = "whatever it last loaded (the replaced file was malformed)"
             needs_restart = True
@@ -545,19 +500,19 @@ class DockerEngine:
             needs_restart = bool(removed) or not changed_keys(cur, old) <= RELOADABLE_KEYS
         until = f"docker keeps {keeps} until it restarts"
         if self.rt.restart_mode == "none":
-            return ACTIVATE_NONE, f"; restart_mode none: {until}"
-        if not self._running():
-            return ACTIVATE_NONE, "; docker is not running: it reads the file when it starts"
+            return Activation.NONE, f"; restart_mode none: {until}"
+        if not listening(self.dc.host):
+            return Activation.NONE, "; docker is not running: it reads the file when it starts"
         if not self._can_signal():
-            return ACTIVATE_NONE, f"; --root is not / and no pidfile or command: {until}"
+            return Activation.NONE, f"; --root is not / and no pidfile or command: {until}"
         if not needs_restart:
-            return ACTIVATE_RELOAD, ""
+            return Activation.RELOAD, ""
         old_text = target.decode("utf-8") if target is not None else ""
         if self.rt.restart_mode == "reload":
-            return ACTIVATE_NONE, f"; restart_mode reload: {until}"
+            return Activation.NONE, f"; restart_mode reload: {until}"
         if self._live_containers_at_risk(old_text):
-            return ACTIVATE_NONE, (
+            return Activation.NONE, (
                 f"; {until} (a reload does not unset removed keys; containers are running "
                 "and live-restore is off): run with --allow-restart to restart now"
             )
-        return ACTIVATE_RESTART, ""
+        return Activation.RESTART, ""

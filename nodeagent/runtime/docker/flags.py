@@ -10,6 +10,7 @@ nvidia-docker2" (NVIDIA/nvidia-docker#751, #1002). Before writing ``runtimes`` o
 process's command line. Parsing is pure; :func:`collect` does the reading, through the
 host reader: every source is an optional fact, so one that is not a readable text file
 (a directory, a FIFO, unreadable) counts as absent and never blocks or fails the run.
+Reads only: never writes a file or signals a process.
 """
 
 from __future__ import annotations
@@ -121,15 +122,23 @@ def conflicts(sources: Iterable[FlagSource], keys: Iterable[str]) -> list[str]:
     return out
 
 
-def config_file_flag(sources: Iterable[FlagSource]) -> Optional[tuple[str, str]]:
-    """(where, path) if dockerd is told to read another config file (--config-file)."""
+@dataclasses.dataclass(frozen=True)
+class ConfigFileFlag:
+    """dockerd's ``--config-file PATH``, and where it was found."""
+
+    where: str
+    path: str
+
+
+def config_file_flag(sources: Iterable[FlagSource]) -> Optional[ConfigFileFlag]:
+    """The ``--config-file`` dockerd is started with, if any."""
     for src in sources:
         words = list(src.words)
         for i, w in enumerate(words):
             if w.startswith("--config-file="):
-                return src.where, w.split("=", 1)[1]
+                return ConfigFileFlag(src.where, w.split("=", 1)[1])
             if w == "--config-file" and i + 1 < len(words):
-                return src.where, words[i + 1]
+                return ConfigFileFlag(src.where, words[i + 1])
     return None
 
 

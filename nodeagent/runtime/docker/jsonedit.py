@@ -5,7 +5,7 @@ key order, refuses what dockerd itself would choke on or what would silently los
 (duplicate keys: Go's decoder keeps the last, so the first is invisible), refuses nesting
 deeper than :data:`MAX_DEPTH` before the recursive parser sees it, and reports
 ``PATH:LINE:COL: what is wrong``. Rendering keeps the file's indentation style and ends
-with a newline.
+with a newline. No I/O: never reads or writes a file itself.
 """
 
 from __future__ import annotations
