@@ -145,3 +145,24 @@ def test_every_module_says_what_it_holds() -> None:
 )
 def test_the_cycle_finder_finds_cycles(g: dict[str, set[str]], expected: list[list[str]]) -> None:
     assert cycles(g) == expected
+
+
+def test_one_module_renames_files() -> None:
+    """Only the one writer (nodeagent/host/writer.py) replaces or renames files: every
+    other write goes through it, with its lock, backup and restore handle."""
+    renamers = set()
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("replace", "rename", "renames", "move")
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id in ("os", "shutil")
+            ) or (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "rename"
+            ):
+                renamers.add(name)
+    assert renamers == {"nodeagent.host.writer"}

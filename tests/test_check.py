@@ -25,11 +25,12 @@ from tests.sandbox import Sandbox
 pytestmark = pytest.mark.docker
 
 
-# Every probe, in the order check runs them (docs/operations.md); the first six are the
+# Every probe, in the order check runs them (docs/operations.md); the first seven are the
 # bootstrap phase's.
 PROBES = [
     "nvml",
     "gpus",
+    "gpu-health",
     "runtime-binary",
     "runtime-config",
     "runtime-daemon",
@@ -80,7 +81,7 @@ def test_healthy_node_passes_every_probe_and_check_writes_nothing(healthy: Sandb
     r = healthy.nodeagent("check")
     assert r.returncode == 0
     assert "\033[" not in r.stdout  # no colour when stdout is not a terminal
-    assert r.stdout.splitlines()[-1].startswith(f"check all on {healthy.node}: pass · 12 pass")
+    assert r.stdout.splitlines()[-1].startswith(f"check all on {healthy.node}: pass · 13 pass")
     assert healthy.srv.writes() == writes
     assert (healthy.root / "etc/docker/daemon.json").read_bytes() == daemon_json
 
@@ -102,6 +103,18 @@ def gpu_vanished_from_nvml(box: Sandbox) -> None:
     nic.mkdir(parents=True)
     (nic / "vendor").write_text("0x10de\n")
     (nic / "class").write_text("0x020000\n")
+
+
+def remap_pending(box: Sandbox) -> None:
+    """GPU 3 waits for a reset to apply a row remap (the profile h100x8-remap-pending)."""
+    doc = json.loads(box.profile.read_text())
+    doc["gpus"][3]["remapped_rows"] = {
+        "correctable": 1,
+        "uncorrectable": 0,
+        "pending": True,
+        "failure": False,
+    }
+    box.profile.write_text(json.dumps(doc))
 
 
 def no_driver(box: Sandbox) -> None:
@@ -173,6 +186,7 @@ CASES: list[tuple[Callable[[Sandbox], None], str, str]] = [
     (no_driver, "nvml", "install the NVIDIA driver"),
     (lose_gpu, "gpus", "reboot"),
     (gpu_vanished_from_nvml, "gpus", "dmesg"),
+    (remap_pending, "gpu-health", "nvidia-smi -r -i 3"),
     (remove_standin, "runtime-binary", "nvidia-container-toolkit"),
     (drop_runtime_from_daemon_json, "runtime-config", "nodeagent apply"),
     (malformed_daemon_json, "runtime-config", "never overwrites"),
@@ -214,7 +228,7 @@ def test_warnings_fail_only_with_strict(healthy: Sandbox) -> None:
 
 def test_phase_selects_probes(healthy: Sandbox) -> None:
     _, doc = check_json(healthy, "--phase", "bootstrap")
-    assert [p["name"] for p in doc["probes"]] == PROBES[:6]  # the bootstrap ones
+    assert [p["name"] for p in doc["probes"]] == PROBES[:7]  # the bootstrap ones
     _, doc = check_json(healthy, "--phase", "report")
     assert "kubelet-args" not in by_name(doc) and "condition" in by_name(doc)
 
@@ -387,7 +401,7 @@ def test_the_credential_probe_fails_a_garbage_kubeconfig(
     cred = by_name(doc)["credential"]
     assert cred["result"] == "fail" and says in cred["message"], cred
     assert "\n" not in cred["message"]
-    report_phase = ["nvml", "gpus", "runtime-daemon", *PROBES[6:]]
+    report_phase = ["nvml", "gpus", "gpu-health", "runtime-daemon", *PROBES[7:]]
     assert [p["name"] for p in doc["probes"]] == report_phase  # the whole table
 
 

@@ -186,6 +186,9 @@ def ready(box: Sandbox, notify: NotifySocket) -> Iterator[Running]:
         notify.wait_for("READY", "1")
         box.register()
         wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 20, run)
+        # The report's last write is its Event, after the status: wait for it, so a test
+        # counting writes from here counts only its own.
+        wait_until("the GPUReady Event", lambda: any(box.srv.events()), 10, run)
         yield run
     finally:
         if run.proc.poll() is None:
@@ -300,6 +303,36 @@ def test_a_daemon_started_before_the_kubelet_joined_reports_as_soon_as_it_has(
         box.register()
         took = wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 10, run)
         assert took < 4.0  # the join poll (2 s) and one report, far from the 60 s re-detect
+    finally:
+        run.stop()
+
+
+def test_a_recovery_action_event_is_reported_at_once_not_at_the_next_redetect(
+    docker_sandbox: Callable[..., Sandbox], notify: NotifySocket
+) -> None:
+    """NVIDIA's verdict changes (nvmlEventTypeGpuRecoveryAction): the daemon re-detects on
+    the event, so GPUReady turns False within seconds, not at the next re-detect (60 s)."""
+    slow = {**DAEMON, "redetect_interval_s": 60, "heartbeat_interval_s": 300}
+    box = docker_sandbox(daemon=slow, kube={"api_deadline_s": 5, "wait_for_node_s": 30})
+    doc = json.loads(box.profile.read_text())
+    doc["recovery_events"] = [{"gpu": 1, "after_ms": 4000, "action": "node_reboot"}]
+    box.profile.write_text(json.dumps(doc))  # the node "boots" now (the profile's mtime)
+    event_at = box.profile.stat().st_mtime + 4.0
+    run = Running(box, notify)
+    try:
+        notify.wait_for("READY", "1")
+        box.register()
+        wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 10, run)
+        assert time.time() < event_at, "the node became ready after the event: too slow a box"
+        wait_until(
+            "RecoveryActionNodeReboot",
+            lambda: condition(box).get("reason") == "RecoveryActionNodeReboot",
+            15,
+            run,
+        )
+        assert time.time() - event_at < 3.0  # the event, not the 60 s re-detect
+        assert condition(box)["status"] == "False"
+        assert "GPU 1" in condition(box)["message"]
     finally:
         run.stop()
 

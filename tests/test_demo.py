@@ -34,6 +34,6 @@ def test_the_demo_bootstraps_reports_and_checks_a_simulated_node() -> None:
         in (out)
     )
     assert "apply all: ok · 1 ok, 3 unchanged" in out  # the second apply changed nothing
-    assert "check all on gpu-node-1: pass · 12 pass" in out
+    assert "check all on gpu-node-1: pass · 13 pass" in out
     assert "nvidia.com/GPUReady   True" in out  # kubectl describe node
     assert "T4" in out

@@ -4,19 +4,20 @@ libnvidia-ml.so.1 (tests/fakenvml). Expected UUIDs and events come from the prof
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pynvml
 import pytest
 
 from nodeagent.gpu import xid
-from nodeagent.gpu.events import XidEvent, XidWatcher
-from nodeagent.gpu.inventory import STATE_OK
+from nodeagent.gpu.events import RecoveryActionEvent, XidEvent, XidWatcher
+from nodeagent.gpu.inventory import STATE_OK, RecoveryAction
 from nodeagent.gpu.nvml import detect
 
 WAIT_S = 5.0  # bound for anything that should take well under a second
@@ -197,6 +198,70 @@ def test_profile_events_are_delivered(fake_nvml, use_profile, watchers, monkeypa
     by_xid = {e.xid: e for e in c.events}
     assert by_xid[79].critical and by_xid[79].uuid == data["gpus"][2]["uuid"]
     assert not by_xid[13].critical and by_xid[13].uuid == data["gpus"][5]["uuid"]
+
+
+def recovery_profile(fake_nvml, tmp_path: Path, after_ms: int) -> tuple[Path, dict[str, Any]]:
+    """h100x8 whose GPU 1's recovery action turns node_reboot ``after_ms`` after boot (the
+    copy's write), with an XID on GPU 0 at the same time."""
+    doc = fake_nvml.data("h100x8")
+    doc["recovery_events"] = [{"gpu": 1, "after_ms": after_ms, "action": "node_reboot"}]
+    path = tmp_path / "recovery.json"
+    path.write_text(json.dumps(doc))
+    return path, doc
+
+
+def test_a_recovery_action_event_reaches_on_recovery_and_detection_reads_the_action(
+    fake_nvml, use_profile, watchers, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.delenv("FAKE_NVML_EVENTS", raising=False)
+    path, doc = recovery_profile(fake_nvml, tmp_path, after_ms=1000)
+    lib = use_profile(path)
+    c = Collector()
+    got: list[RecoveryActionEvent] = []
+
+    def on_recovery(ev: RecoveryActionEvent) -> None:
+        with c.cond:
+            got.append(ev)
+            c.cond.notify_all()
+
+    w = make(watchers, c, lib, on_recovery=on_recovery)
+    w.start()
+    assert wait_until(lambda: w.watching), w.last_error
+    assert detect(library=lib).gpus[1].recovery_action is RecoveryAction.NONE
+    assert c.wait_for(lambda: bool(got), timeout=3.0)
+    assert got == [RecoveryActionEvent(gpu_index=1, uuid=doc["gpus"][1]["uuid"])]
+    assert detect(library=lib).gpus[1].recovery_action is RecoveryAction.NODE_REBOOT
+    assert c.events == [] and c.errors == []  # not an XID
+
+
+def test_without_on_recovery_the_event_is_not_registered(
+    fake_nvml, use_profile, events_file, watchers, tmp_path
+) -> None:
+    path, _ = recovery_profile(fake_nvml, tmp_path, after_ms=300)
+    lib = use_profile(path)
+    c = Collector()
+    w = make(watchers, c, lib)
+    w.start()
+    assert wait_until(lambda: w.watching), w.last_error
+    time.sleep(0.6)  # past the change: nothing may arrive for it
+    inject(events_file, 0, 79)  # ... while XIDs still do
+    assert c.wait_for(lambda: c.event(79) is not None)
+    assert [e.xid for e in c.events] == [79]
+
+
+def test_a_change_before_the_watch_started_is_no_event(
+    fake_nvml, use_profile, events_file, watchers, tmp_path
+) -> None:
+    path, _ = recovery_profile(fake_nvml, tmp_path, after_ms=0)
+    lib = use_profile(path)
+    c = Collector()
+    got: list[RecoveryActionEvent] = []
+    w = make(watchers, c, lib, on_recovery=got.append)
+    w.start()
+    assert wait_until(lambda: w.watching), w.last_error
+    inject(events_file, 0, 79)  # an event after it: the wait loop has looked past the change
+    assert c.wait_for(lambda: c.event(79) is not None)
+    assert got == []
 
 
 def test_extra_and_ignore(use_profile, events_file, watchers) -> None:

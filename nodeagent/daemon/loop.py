@@ -42,7 +42,7 @@ from nodeagent.daemon.sdnotify import Notifier
 from nodeagent.daemon.state import State
 from nodeagent.daemon.telemetry import Telemetry, apply_status
 from nodeagent.errors import NodeagentError, describe
-from nodeagent.gpu.events import XidEvent, XidWatcher
+from nodeagent.gpu.events import RecoveryActionEvent, XidEvent, XidWatcher
 from nodeagent.gpu.health import XidRecord
 from nodeagent.host.clock import REAL, Clock
 from nodeagent.host.paths import HostRoot
@@ -50,6 +50,10 @@ from nodeagent.log import get_logger
 from nodeagent.walk.steps import Phase, RuntimeState, Status
 
 log = get_logger(__name__)
+
+# XID 154, "GPU Recovery Action Changed" (NVIDIA's XID catalog): informational, it always
+# follows another XID; the new action is read by a re-detect.
+XID_RECOVERY_ACTION_CHANGED = 154
 
 STOP_GRACE_S = 3.0  # what the reporter gets to finish after SIGTERM (systemd waits 5 s+)
 MAIN_TICK_S = 1.0  # the main thread's longest sleep between two looks at its Events
@@ -248,8 +252,15 @@ class Daemon:
                 extra_critical=cfg.daemon.xid_extra_critical,
                 ignore=cfg.daemon.xid_ignore,
                 clock=self._clock,
+                on_recovery=self._on_recovery,
             )
             self._watcher.start()
+
+    def _on_recovery(self, ev: RecoveryActionEvent) -> None:
+        """The watcher thread's callback: NVIDIA's verdict on a GPU (its recovery action)
+        changed. The event carries no value: the reporter re-detects and reports now."""
+        log.warning("daemon.recovery_action_changed", gpu=ev.gpu_index, uuid=ev.uuid)
+        self.reporter.request()
 
     def _on_xid(self, ev: XidEvent) -> None:
         """The watcher thread's callback."""
@@ -258,6 +269,8 @@ class Daemon:
         if not ev.critical:
             log.info("daemon.xid", gpu=ev.gpu_index, xid=ev.xid, critical=False)
             self.telemetry.write_textfile(textfile)  # seen by monitoring even while the API is down
+            if ev.xid == XID_RECOVERY_ACTION_CHANGED:
+                self.reporter.request()  # re-detect now: NVIDIA's verdict on the GPU changed
             return
         log.warning("daemon.xid", gpu=ev.gpu_index, xid=ev.xid, critical=True, what=ev.description)
         record = XidRecord(ev.gpu_index, ev.xid, self._clock.time())

@@ -1,9 +1,13 @@
-"""Watch NVML for XID events in a background thread.
+"""Watch NVML for XID and recovery-action events in a background thread.
 
 :class:`XidWatcher` initialises NVML, registers ``nvmlEventTypeXidCriticalError`` on every GPU
 that supports it, and waits on the event set; each XID becomes an :class:`XidEvent` handed to
 ``on_event``. NVML delivers every XID under that event type, application errors too, so
-:attr:`XidEvent.critical` (from :mod:`nodeagent.gpu.xid`) is the filter.
+:attr:`XidEvent.critical` (from :mod:`nodeagent.gpu.xid`) is the filter. Given
+``on_recovery``, it also registers ``nvmlEventTypeGpuRecoveryAction`` where the driver offers
+it (NVIDIA's verdict on a GPU changed: reset, reboot, drain ...); the event carries no value,
+so each becomes a :class:`RecoveryActionEvent` naming the GPU, and the receiver re-reads the
+action (``NVML_FI_DEV_GET_GPU_RECOVERY_ACTION``) through a detection.
 
 When NVML cannot be set up or the wait fails (driver not loaded, no GPU, the library went
 away), ``on_error`` gets a one-line message naming the NVML error and the watcher tries again
@@ -41,6 +45,18 @@ log = get_logger(__name__)
 _RETRY_INITIAL_S = 1.0
 _THREAD_NAME = "nodeagent-xid-watch"
 
+# nvml.h (the nvidia-nvml-dev wheel): #define nvmlEventTypeGpuRecoveryAction 0x8000LL. For a
+# pynvml older than the event type.
+NVML_EVENT_TYPE_GPU_RECOVERY_ACTION = 0x8000
+
+
+def _recovery_event_type() -> int:
+    import pynvml
+
+    return int(
+        getattr(pynvml, "nvmlEventTypeGpuRecoveryAction", NVML_EVENT_TYPE_GPU_RECOVERY_ACTION)
+    )
+
 
 @dataclasses.dataclass(frozen=True)
 class XidEvent:
@@ -51,6 +67,14 @@ class XidEvent:
     xid: int
     critical: bool  # xid.is_critical with the watcher's extra/ignore
     description: str  # xid.describe(xid)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryActionEvent:
+    """NVML said a GPU's recovery action changed (``nvmlEventTypeGpuRecoveryAction``)."""
+
+    gpu_index: Optional[int]  # None if unreadable
+    uuid: Optional[str]
 
 
 class _SetupFailed(Exception):
@@ -72,11 +96,13 @@ class XidWatcher:
     """Deliver NVML XID events to ``on_event`` from a daemon thread.
 
     ``library`` is the libnvidia-ml.so.1 to load (config key ``nvml_library``; None: the
-    dynamic loader's search). ``extra_critical`` / ``ignore`` adjust which XIDs are critical
+    dynamic loader's search). ``on_recovery``, when given, receives the recovery-action
+    events of the GPUs whose driver offers them (None: they are not registered).
+    ``extra_critical`` / ``ignore`` adjust which XIDs are critical
     (:func:`nodeagent.gpu.xid.is_critical`). ``wait_ms`` is one NVML wait, so also how long
     :meth:`stop` may take to be noticed; ``retry_max_s`` caps the backoff between attempts
     after a failure, waited on ``clock``. ``on_error`` is called once per failed attempt, from
-    the watcher thread. Exceptions raised by either callback are logged and do not stop the
+    the watcher thread. Exceptions raised by any callback are logged and do not stop the
     watcher.
 
     Thread ownership: the NVML session belongs to the watcher thread; :attr:`watching` and
@@ -91,6 +117,7 @@ class XidWatcher:
         *,
         library: Optional[str] = None,
         on_error: Optional[Callable[[str], None]] = None,
+        on_recovery: Optional[Callable[[RecoveryActionEvent], None]] = None,
         extra_critical: Iterable[int] = (),
         ignore: Iterable[int] = (),
         wait_ms: int = 500,
@@ -99,6 +126,7 @@ class XidWatcher:
     ) -> None:
         self._on_event = on_event
         self._on_error = on_error
+        self._on_recovery = on_recovery
         self._library = library
         self._extra = frozenset(int(x) for x in extra_critical)
         self._ignore = frozenset(int(x) for x in ignore)
@@ -229,8 +257,9 @@ class XidWatcher:
         return registered
 
     def _register(self, s: _Session, index: int) -> bool:
-        """Register XID events on GPU ``index``; False (logged) for a GPU that cannot take
-        them (NOT_SUPPORTED) or is lost (GPU_IS_LOST). Other NVML errors propagate."""
+        """Register XID events (and recovery-action events, when asked for and offered) on
+        GPU ``index``; False (logged) for a GPU that cannot take XID events (NOT_SUPPORTED)
+        or is lost (GPU_IS_LOST). Other NVML errors propagate."""
         import pynvml
 
         try:
@@ -239,9 +268,11 @@ class XidWatcher:
             if not supported & pynvml.nvmlEventTypeXidCriticalError:
                 log.warning("nvml.xid_not_supported", gpu=index)
                 return False
-            pynvml.nvmlDeviceRegisterEvents(
-                handle, pynvml.nvmlEventTypeXidCriticalError, s.event_set
-            )
+            types = pynvml.nvmlEventTypeXidCriticalError
+            recovery = _recovery_event_type()
+            if self._on_recovery is not None and supported & recovery:
+                types |= recovery
+            pynvml.nvmlDeviceRegisterEvents(handle, types, s.event_set)
         except pynvml.NVMLError as e:
             if e.value in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_GPU_IS_LOST):
                 log.warning("nvml.xid_register_skipped", gpu=index, error=nvml.error_name(e))
@@ -265,27 +296,44 @@ class XidWatcher:
                     s.voided = True
                 with nvml.bound(s.lib):
                     return f"XID wait failed: {nvml.error_text(pynvml.NVMLError(ret))}"
-            if not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
+            if data.eventType & pynvml.nvmlEventTypeXidCriticalError:
+                self._deliver(s, data)
+            elif data.eventType & _recovery_event_type() and self._on_recovery is not None:
+                self._deliver_recovery(s, data, self._on_recovery)
+            else:
                 log.debug("nvml.event_ignored", event_type=int(data.eventType))
-                continue
-            self._deliver(s, data)
         return None
 
-    def _deliver(self, s: _Session, data: Any) -> None:
+    def _device(self, s: _Session, data: Any) -> tuple[Optional[int], Optional[str]]:
+        """The index and UUID of the event's device (None where NVML cannot say)."""
         import pynvml
 
-        code = int(data.eventData)
         index: Optional[int] = None
         uuid: Optional[str] = None
         with nvml.bound(s.lib):
             try:
                 index = int(pynvml.nvmlDeviceGetIndex(data.device))
             except pynvml.NVMLError as e:
-                log.debug("nvml.xid_index_unreadable", error=nvml.error_name(e))
+                log.debug("nvml.event_index_unreadable", error=nvml.error_name(e))
             try:
                 uuid = nvml.as_text(pynvml.nvmlDeviceGetUUID(data.device))
             except pynvml.NVMLError as e:
-                log.debug("nvml.xid_uuid_unreadable", error=nvml.error_name(e))
+                log.debug("nvml.event_uuid_unreadable", error=nvml.error_name(e))
+        return index, uuid
+
+    def _deliver_recovery(
+        self, s: _Session, data: Any, receiver: Callable[[RecoveryActionEvent], None]
+    ) -> None:
+        index, uuid = self._device(s, data)
+        log.warning("nvml.recovery_action_changed", gpu=index, uuid=uuid)
+        try:
+            receiver(RecoveryActionEvent(gpu_index=index, uuid=uuid))
+        except Exception:
+            log.exception("nvml.recovery_on_event_failed", gpu=index)
+
+    def _deliver(self, s: _Session, data: Any) -> None:
+        code = int(data.eventData)
+        index, uuid = self._device(s, data)
         event = XidEvent(
             gpu_index=index,
             uuid=uuid,

@@ -30,6 +30,13 @@ from nodeagent.host.reader import read_bytes
 from nodeagent.kube import kubeletargs
 from nodeagent.kube.node import Condition, ConditionStatus, Node
 from nodeagent.kube.patches import condition_changed, label_patch
+from nodeagent.kube.readiness import (
+    Finding,
+    HealthReason,
+    HealthWarning,
+    gpu_problems,
+    gpu_warnings,
+)
 from nodeagent.log import get_logger
 from nodeagent.runtime import registry
 from nodeagent.walk.agent import Agent, live_runtime
@@ -287,6 +294,71 @@ def probe_gpus(f: Facts) -> ProbeResult:
             "a GPU is on the bus but not usable by the driver: check `dmesg` for XIDs, reboot",
         )
     return ProbeResult("gpus", PASS, f"{len(inv.gpus)} GPUs readable, none lost")
+
+
+_RESET = "drain the node, then reset GPU {i} (`nvidia-smi -r -i {i}`) or reboot"
+
+# What the operator does about each GPU health finding ({i}: the first GPU's index).
+HEALTH_FIXES: dict[HealthReason | HealthWarning, str] = {
+    HealthReason.ROW_REMAP_FAILURE: "drain the node and replace GPU {i} (RMA); "
+    "`nvidia-smi -q -d ROW_REMAPPER -i {i}` shows it",
+    HealthReason.RECOVERY_SYSTEM_REBOOT: "drain the node and power-cycle the system",
+    HealthReason.RECOVERY_NODE_REBOOT: "drain the node and reboot it",
+    HealthReason.RECOVERY_BUS_RESET: "drain the node, then reset GPU {i}'s PCIe bus or reboot",
+    HealthReason.RECOVERY_DRAIN_AND_RESET: _RESET,
+    HealthReason.RECOVERY_GPU_RESET: _RESET,
+    HealthReason.RECOVERY_DRAIN_P2P: "drain the node (stop peer-to-peer work on GPU {i}); "
+    "`nvidia-smi -q -i {i}` shows when the action clears",
+    HealthReason.RECOVERY_IMEX_DOMAIN: "recover the IMEX domain: restart nvidia-imex on "
+    "every node of the domain (`systemctl restart nvidia-imex`)",
+    HealthReason.RECOVERY_UNKNOWN: "`nvidia-smi -q -i {i}` names the recovery action; "
+    "a newer nodeagent knows it",
+    HealthReason.GPU_RESET_REQUIRED: _RESET + " so the pending row remap takes effect",
+    HealthReason.RETIRED_PAGES_PENDING: _RESET + " so the pending page retirement takes effect",
+    HealthReason.UNCORRECTABLE_ECC: _RESET + "; if the errors come back, replace it (RMA)",
+    HealthReason.FABRIC_FAILURE: "`systemctl status nvidia-fabricmanager` and its journal; "
+    "restart it, reset the GPUs or reboot",
+    HealthReason.FABRIC_NOT_READY: "wait for the fabric manager to train the NVLink fabric; "
+    "if it stays, `systemctl status nvidia-fabricmanager`",
+    HealthWarning.SIGNAL_UNREADABLE: "`nvidia-smi -q -i {i}`; a driver update or a reset "
+    "clears most NVML errors",
+    HealthWarning.FABRIC_DEGRADED: "`nvidia-smi nvlink -s -i {i}` shows the links; "
+    "`systemctl status nvidia-fabricmanager`",
+    HealthWarning.HW_SLOWDOWN: "check cooling and power (`nvidia-smi -q -d PERFORMANCE -i {i}`)",
+    HealthWarning.HW_THERMAL_SLOWDOWN: "the GPU is too hot: check the cooling "
+    "(`nvidia-smi -q -d TEMPERATURE -i {i}`)",
+    HealthWarning.HW_POWER_BRAKE: "the power supply asserted the brake: check the PSUs",
+    HealthWarning.PERSISTENCE_MODE_OFF: "enable the persistence daemon "
+    "(`systemctl enable --now nvidia-persistenced`)",
+}
+
+
+def _finding(result: Result, found: tuple[Finding, ...]) -> ProbeResult:
+    first = found[0]
+    more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+    return ProbeResult(
+        "gpu-health",
+        result,
+        f"{first.kind}: {first.message}{more}",
+        HEALTH_FIXES[first.kind].format(i=first.gpu.index),
+    )
+
+
+def probe_gpu_health(f: Facts) -> ProbeResult:
+    """NVML's health signals of the readable GPUs: a problem fails (GPUReady is False for
+    it), a warning warns; the first in readiness's precedence is shown, with its fix."""
+    inv = f.inventory
+    if inv.state != STATE_OK:
+        return ProbeResult("gpu-health", SKIP, "no GPU readable: see the gpus probe")
+    problems = gpu_problems(inv)
+    if problems:
+        return _finding(FAIL, problems)
+    warnings = gpu_warnings(inv)
+    if warnings:
+        return _finding(WARN, warnings)
+    return ProbeResult(
+        "gpu-health", PASS, f"{len(inv.healthy_gpus)} GPUs: no health problem NVML reports"
+    )
 
 
 def probe_runtime_binary(f: Facts) -> ProbeResult:
@@ -552,6 +624,7 @@ Probe = Callable[[Facts], ProbeResult]
 PROBES: tuple[tuple[str, Probe, frozenset[Phase]], ...] = (
     ("nvml", probe_nvml, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),
     ("gpus", probe_gpus, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),
+    ("gpu-health", probe_gpu_health, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),
     ("runtime-binary", probe_runtime_binary, frozenset({Phase.BOOTSTRAP})),
     ("runtime-config", probe_runtime_config, frozenset({Phase.BOOTSTRAP})),
     ("runtime-daemon", probe_runtime_daemon, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),

@@ -8,7 +8,8 @@
  * XID events come from the profile's "xid_events" (delivered after_ms after the event
  * set is created) and from lines "GPU_INDEX XID" appended at run time to $FAKE_NVML_EVENTS.
  * The fabric can change with time too ("fabric_events", after_ms since the node booted,
- * which is when the profile file was last written).
+ * which is when the profile file was last written), and so can a GPU's recovery action
+ * ("recovery_events", delivered as nvmlEventTypeGpuRecoveryAction events as they fall due).
  *
  * Written for these tests; it contains no NVIDIA code beyond including nvml.h.
  */
@@ -836,6 +837,25 @@ static const char *const RECOVERY_ACTIONS[] = {
     "none",     "gpu_reset",           "node_reboot", "drain_p2p", "drain_and_reset",
     "recover_imex_domain", "bus_reset", "system_reboot"};
 
+/*
+ * The GPU's recovery action now: "recovery_action", replaced by the latest top-level
+ * "recovery_events" entry ({"gpu", "after_ms", "action"}) whose after_ms have passed since
+ * the node booted. NULL: the field is not supported.
+ */
+static const char *recovery_action_of(const jval *j, int gpu) {
+    const char *action = j_str(j, "recovery_action", NULL);
+    double up = now_ms_since(&g_boot, CLOCK_REALTIME), latest = -1;
+    const jval *evs = j_get(g_profile, "recovery_events");
+    for (int i = 0; evs && evs->type == J_ARR && i < evs->n; i++) {
+        const jval *e = evs->items[i];
+        double at = (double)j_int(e, "after_ms", 0);
+        if (j_int(e, "gpu", -1) != gpu || at > up || at < latest) continue;
+        latest = at;
+        action = j_str(e, "action", action);
+    }
+    return action;
+}
+
 nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount,
                                       nvmlFieldValue_t *values) {
     DEVICE(device, j, values);
@@ -848,7 +868,7 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount,
         v->timestamp = (long long)now.tv_sec * 1000000 + now.tv_nsec / 1000;
         v->latencyUsec = 0;
         v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
-        const char *action = j_str(j, "recovery_action", NULL);
+        const char *action = recovery_action_of(j, device->gpu);
         if (v->fieldId == NVML_FI_DEV_GET_GPU_RECOVERY_ACTION && action) {
             int a = index_of_name("recovery action", action, RECOVERY_ACTIONS, 8);
             v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
@@ -982,8 +1002,10 @@ nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device,
 
 struct nvmlEventSet_st {
     struct timespec created;
+    struct timespec created_real;            /* the same moment on the boot's clock */
     unsigned long long registered[MAX_GPUS]; /* event type mask per GPU */
     int delivered[MAX_XID];                  /* profile xid_events already delivered */
+    int recovery_delivered[MAX_XID];         /* profile recovery_events already delivered */
     long events_offset;                      /* how much of $FAKE_NVML_EVENTS was read */
 };
 
@@ -995,6 +1017,7 @@ nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
     if (!set) return NVML_ERROR_INVALID_ARGUMENT;
     struct nvmlEventSet_st *s = calloc(1, sizeof *s);
     clock_gettime(CLOCK_MONOTONIC, &s->created);
+    clock_gettime(CLOCK_REALTIME, &s->created_real);
     /* Only events appended after the set exists are delivered, as with a real driver. */
     const char *path = getenv("FAKE_NVML_EVENTS");
     FILE *f = path && *path ? fopen(path, "rb") : NULL;
@@ -1016,9 +1039,10 @@ nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
 
 nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types) {
     DEVICE(device, j, types);
-    (void)j;
     *types = nvmlEventTypeXidCriticalError | nvmlEventTypeSingleBitEccError |
              nvmlEventTypeDoubleBitEccError;
+    /* A driver that has the recovery-action field has its event too. */
+    if (recovery_action_of(j, device->gpu)) *types |= nvmlEventTypeGpuRecoveryAction;
     return NVML_SUCCESS;
 }
 
@@ -1031,13 +1055,15 @@ nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long ty
     return NVML_SUCCESS;
 }
 
-/* Fill *data with an XID event of `gpu`; 0 when that GPU did not register for XIDs. */
-static int fill(nvmlEventSet_t set, int gpu, long long xid, nvmlEventData_t *data) {
+/* Fill *data with an event of `type` on `gpu` (eventData: the XID, 0 for other types);
+   0 when that GPU did not register for the type. */
+static int fill(nvmlEventSet_t set, int gpu, unsigned long long type, long long xid,
+                nvmlEventData_t *data) {
     if (gpu < 0 || gpu >= g_ngpus) return 0;
-    if (!(set->registered[gpu] & nvmlEventTypeXidCriticalError)) return 0;
+    if (!(set->registered[gpu] & type)) return 0;
     memset(data, 0, sizeof *data);
     data->device = &g_handles[gpu];
-    data->eventType = nvmlEventTypeXidCriticalError;
+    data->eventType = type;
     data->eventData = (unsigned long long)xid;
     data->gpuInstanceId = 0xFFFFFFFF; /* not attributed to a MIG instance */
     data->computeInstanceId = 0xFFFFFFFF;
@@ -1052,7 +1078,23 @@ static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
         const jval *e = evs->items[i];
         if (since_ms(&set->created) < (double)j_int(e, "after_ms", 0)) continue;
         set->delivered[i] = 1;
-        if (fill(set, (int)j_int(e, "gpu", -1), j_int(e, "xid", 999), data)) return 1;
+        if (fill(set, (int)j_int(e, "gpu", -1), nvmlEventTypeXidCriticalError,
+                 j_int(e, "xid", 999), data))
+            return 1;
+    }
+    /* A recovery_events entry that falls due while the set exists: one event, data 0. */
+    evs = j_get(g_profile, "recovery_events");
+    double up = now_ms_since(&g_boot, CLOCK_REALTIME);
+    double set_at = up - now_ms_since(&set->created_real, CLOCK_REALTIME);
+    for (int i = 0; evs && evs->type == J_ARR && i < evs->n && i < MAX_XID; i++) {
+        if (set->recovery_delivered[i]) continue;
+        const jval *e = evs->items[i];
+        double at = (double)j_int(e, "after_ms", 0);
+        if (at > up) continue;
+        set->recovery_delivered[i] = 1;
+        if (at < set_at) continue; /* changed before the set existed: no event for it */
+        if (fill(set, (int)j_int(e, "gpu", -1), nvmlEventTypeGpuRecoveryAction, 0, data))
+            return 1;
     }
     const char *path = getenv("FAKE_NVML_EVENTS");
     FILE *f = path && *path ? fopen(path, "rb") : NULL;
@@ -1065,7 +1107,8 @@ static int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
             set->events_offset = ftell(f);
             int gpu;
             long long xid;
-            if (sscanf(line, "%d %lld", &gpu, &xid) == 2) found = fill(set, gpu, xid, data);
+            if (sscanf(line, "%d %lld", &gpu, &xid) == 2)
+                found = fill(set, gpu, nvmlEventTypeXidCriticalError, xid, data);
         }
     }
     fclose(f);
