@@ -6,7 +6,7 @@ same for every CPython once in ``common``, the compiled ones (pydantic-core, PyY
 CPython minor version in ``cp39`` ... ``cp313``, and those shared by some versions in e.g.
 ``cp310+cp311+cp312+cp313`` (docs/packaging.md). This script puts the directories for the
 running interpreter first on ``sys.path``, most specific first, then ``common``, keeps
-bytecode out of /opt (in /var/cache/nodeagent/pycache) and calls ``nodeagent.cli.main.main:main``.
+bytecode out of /opt (in /var/cache/nodeagent/pycache) and calls ``nodeagent.cli.main:main``.
 
 Nothing installed on the host is ever imported: ``-I`` ignores PYTHON* variables, the user's
 site directory and the script's directory, and ``-S`` skips the ``site`` module, so neither

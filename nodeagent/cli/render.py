@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from nodeagent.gpu.inventory import Inventory
-from nodeagent.walk.check import Report, Result
 from nodeagent.walk.steps import Outcome, Status, StepResult
+
+if TYPE_CHECKING:  # only their shapes: check's and detect's modules load when they run
+    from nodeagent.gpu.inventory import Inventory
+    from nodeagent.walk.check import Report, Result
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -112,11 +114,13 @@ def runtime_line(r: StepResult) -> str:
 
 # --- check -------------------------------------------------------------------------------
 
-_COLOURS = {Result.PASS: "32", Result.WARN: "33", Result.FAIL: "31", Result.SKIP: "2"}
+# By a result's value (a Result is its value: StrEnum).
+_COLOURS = {"pass": "32", "warn": "33", "fail": "31", "skip": "2"}
 
 
 def check_table(report: Report, colour: bool, strict: bool = False) -> str:
     """The one-screen table: a line per probe, a fix line under each warn/fail."""
+    from nodeagent.walk.check import Result
 
     def paint(text: str, result: Result) -> str:
         return f"\033[{_COLOURS[result]}m{text}\033[0m" if colour else text

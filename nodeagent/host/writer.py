@@ -24,7 +24,6 @@ import dataclasses
 import errno
 import fcntl
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterator, Sequence
@@ -62,7 +61,7 @@ def write_error(shown: str, e: OSError) -> NodeagentError:
 
 
 def _temp_name(name: str) -> str:
-    return f".{name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    return f".{name}{TEMP_MARK}{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def _pid_alive(pid: int) -> bool:

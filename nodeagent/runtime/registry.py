@@ -18,8 +18,6 @@ from nodeagent.config import Config, RuntimeConfig
 from nodeagent.errors import InputError
 from nodeagent.host.paths import HostRoot
 from nodeagent.host.service import listening
-from nodeagent.runtime.containerd.engine import ContainerdEngine
-from nodeagent.runtime.docker.engine import DockerEngine
 from nodeagent.runtime.engine import Activation, Engine
 
 
@@ -58,11 +56,25 @@ class EngineSpec:
         return f"`nodeagent apply` {how.value}s it (or `systemctl {how} {self.unit(rt)}`)"
 
 
+def _docker(cfg: Config, root: HostRoot) -> Engine[Any]:
+    # Imported when made: a command that uses one engine never pays for the other's
+    # libraries (tomlkit for containerd).
+    from nodeagent.runtime.docker.engine import DockerEngine
+
+    return DockerEngine(cfg, root)
+
+
+def _containerd(cfg: Config, root: HostRoot) -> Engine[Any]:
+    from nodeagent.runtime.containerd.engine import ContainerdEngine
+
+    return ContainerdEngine(cfg, root)
+
+
 # In auto-selection order (docs/runtime.md, "Choosing the runtime").
 SPECS: tuple[EngineSpec, ...] = (
     EngineSpec(
         name="docker",
-        factory=DockerEngine,
+        factory=_docker,
         binary="dockerd",
         address_key="runtime.docker.host",
         address=lambda rt: rt.docker.host,
@@ -71,7 +83,7 @@ SPECS: tuple[EngineSpec, ...] = (
     ),
     EngineSpec(
         name="containerd",
-        factory=ContainerdEngine,
+        factory=_containerd,
         binary="containerd",
         address_key="runtime.containerd.address",
         address=lambda rt: rt.containerd.address,

@@ -32,9 +32,6 @@ from nodeagent.errors import EXIT_NO_GPU, NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_NVML_ERROR, STATE_OK, Inventory
 from nodeagent.host.paths import HostRoot
 from nodeagent.host.reader import read_optional
-from nodeagent.kube import kubeletargs
-from nodeagent.kube.node import Node, Taint
-from nodeagent.kube.readiness import Facts, Readiness, assess
 from nodeagent.log import get_logger
 from nodeagent.walk.steps import (
     PHASES,
@@ -54,6 +51,8 @@ if TYPE_CHECKING:
     from nodeagent.config import Config
     from nodeagent.gpu.health import XidRecord
     from nodeagent.kube.client import NodeAPI
+    from nodeagent.kube.node import Node, Taint
+    from nodeagent.kube.readiness import Readiness
     from nodeagent.kube.report import Report
 
 log = get_logger(__name__)
@@ -121,12 +120,16 @@ class Agent:
     def kubelet_args_path(self) -> str:
         """The kubelet's extra-args file (host path): ``kube.kubelet_args_file``, else the
         OS family's default (found once per agent)."""
+        from nodeagent.kube import kubeletargs
+
         return kubeletargs.find_path(
             self.cfg.kube, read_optional(self.root.path("/etc/os-release"))
         )
 
     @property
     def startup_taint(self) -> Optional[Taint]:
+        from nodeagent.kube import kubeletargs
+
         return kubeletargs.startup_taint(self.cfg.kube)
 
     def node_name(self) -> str:
@@ -305,6 +308,7 @@ class Agent:
     def step_kubelet_args(self, labels: Mapping[str, str], *, dry_run: bool) -> StepResult:
         """The kubelet's extra-args file: the labels and the startup taint at registration."""
         from nodeagent.host.writer import Writer
+        from nodeagent.kube import kubeletargs
 
         taint = self.startup_taint
         host_path = self.kubelet_args_path
@@ -336,6 +340,7 @@ class Agent:
         self, inv: Inventory, runtime: RuntimeState, xid: Optional[XidRecord] = None
     ) -> Callable[[Optional[Mapping[str, str]]], Readiness]:
         """Readiness given the Node's capacity, for what this agent found."""
+        from nodeagent.kube.readiness import Facts, assess
 
         def judge(capacity: Optional[Mapping[str, str]]) -> Readiness:
             return assess(

@@ -11,13 +11,15 @@ import only data modules (errors, the GPU inventory, the Node view, readiness).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from nodeagent import StrEnum
 from nodeagent.errors import EXIT_FAILED, EXIT_OK, describe, exit_code_of
-from nodeagent.gpu.inventory import Inventory
-from nodeagent.kube.node import Node
-from nodeagent.kube.readiness import Readiness
+
+if TYPE_CHECKING:  # annotations only: the CLI renders steps without loading these
+    from nodeagent.gpu.inventory import Inventory
+    from nodeagent.kube.node import Node
+    from nodeagent.kube.readiness import Readiness
 
 
 class Step(StrEnum):
