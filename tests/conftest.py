@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from tests.dockerd import needs_dockerd
 from tests.fakenvml.build import build, profile
 from tests.kubeapi import KubeAPIServer
+from tests.notify import NotifySocket
 from tests.realparts import skip_or_fail
 from tests.sandbox import Sandbox
 
@@ -93,6 +94,16 @@ def docker_sandbox(tmp_path: Path, fake_nvml: FakeNVML) -> Iterator[Callable[...
     finally:
         for box in started:
             box.stop()
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifySocket]:
+    """A notify socket to point ``NOTIFY_SOCKET`` at (tests/notify.py), closed afterwards."""
+    n = NotifySocket()
+    try:
+        yield n
+    finally:
+        n.close()
 
 
 @pytest.fixture

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 
@@ -33,47 +31,11 @@ from nodeagent.gpu.health import Health, XidRecord
 from nodeagent.host.paths import HostRoot
 from nodeagent.kube.node import Node
 from tests.fakeclock import FakeClock
+from tests.notify import NotifySocket
 from tests.sandbox import Sandbox
 
 CONDITION = "nvidia.com/GPUReady"
 REPO = Path(__file__).resolve().parents[1]
-
-
-class NotifySocket:
-    """The systemd side of sd_notify: a datagram socket collecting what the agent sends."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="nfy.", dir="/tmp"))
-        self.path = self.dir / "notify"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
-        self.messages: list[dict[str, str]] = []
-
-    def wait_for(
-        self, key: str, value: Optional[str] = None, timeout: float = 30
-    ) -> dict[str, str]:
-        """The next message (after those seen) carrying ``key`` (= ``value``)."""
-        end = time.monotonic() + timeout
-        for m in self.messages:
-            if key in m and (value is None or m[key] == value) and not m.get("_seen"):
-                m["_seen"] = "1"
-                return m
-        while time.monotonic() < end:
-            self.sock.settimeout(max(0.01, end - time.monotonic()))
-            try:
-                data = self.sock.recv(4096).decode()
-            except socket.timeout:
-                break
-            m = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
-            self.messages.append(m)
-            if key in m and (value is None or m[key] == value):
-                m["_seen"] = "1"
-                return m
-        raise AssertionError(f"no {key}={value} from the agent; got {self.messages}")
-
-    def close(self) -> None:
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Running:
@@ -167,15 +129,6 @@ DAEMON = {
 @pytest.fixture
 def box(docker_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return docker_sandbox(daemon=DAEMON, kube={"api_deadline_s": 5, "wait_for_node_s": 30})
-
-
-@pytest.fixture
-def notify() -> Iterator[NotifySocket]:
-    n = NotifySocket()
-    try:
-        yield n
-    finally:
-        n.close()
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from nodeagent.kube.controller import Rules, decide
 from nodeagent.kube.node import Node
 from tests.conftest import FakeNVML
 from tests.fakenvml.build import profile
+from tests.notify import NotifySocket
 from tests.sandbox import Sandbox
-from tests.test_daemon import NotifySocket, Running, wait_until
+from tests.test_daemon import Running, wait_until
 
 CONDITION = "nvidia.com/GPUReady"
 
@@ -163,15 +164,6 @@ def test_the_controllers_unhealthy_taint_follows_a_new_reason(node: Sandbox) -> 
 
 
 DAEMON = {"redetect_interval_s": 0.5, "heartbeat_interval_s": 30, "retry_max_s": 3}
-
-
-@pytest.fixture
-def notify() -> Iterator[NotifySocket]:
-    n = NotifySocket()
-    try:
-        yield n
-    finally:
-        n.close()
 
 
 def test_run_an_hgx_node_booting_with_the_fabric_training_turns_ready_by_itself(
