@@ -3,7 +3,7 @@
 # a virtualenv in .venv with the project and its test dependencies.
 set -euo pipefail
 
-NODEAGENT_APT_PACKAGES=(gcc docker.io containerd busybox-static cloud-init make binutils python3 lintian rpm rpmlint shellcheck debootstrap systemd-container)
+NODEAGENT_APT_PACKAGES=(gcc docker.io containerd busybox-static cloud-init make binutils python3 lintian rpm rpmlint shellcheck debootstrap systemd-container prometheus)
 
 install_apt_packages() {
   local missing=()

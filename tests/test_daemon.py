@@ -571,3 +571,19 @@ def test_a_failed_apply_is_rerun_after_1_2_4_intervals_at_most_an_hour() -> None
         waits.append(b.not_before - 100.0)
     assert waits[:4] == [60, 120, 240, 480] and waits[-1] == 3600
     assert b.after(True, 200.0, 60) == ApplyBackoff()
+
+
+def test_per_gpu_series_carry_the_node_name(box: Sandbox, ready: Running) -> None:
+    """The dcgm-exporter-named series are labelled with the Node's name, which a per-node
+    prometheus-adapter rule (deploy/prometheus-adapter-rule.yaml) maps onto the Node."""
+    wait_until(
+        "DCGM_FI_DEV_GPU_UTIL for GPU 0 labelled with the Node",
+        lambda: any(
+            line.startswith("DCGM_FI_DEV_GPU_UTIL{")
+            and 'gpu="0"' in line
+            and f'Hostname="{box.node}"' in line
+            for line in metrics(box).splitlines()
+        ),
+        5,
+        ready,
+    )

@@ -7,7 +7,9 @@ threads) and exposes them as Prometheus text format 0.0.4, either served over HT
 
 Names are given without the namespace: ``describe("gpus", "gauge", ...)`` is exposed as
 ``nodeagent_gpus``; a counter gets the ``_total`` suffix the format asks of counters
-(``describe("restarts", "counter", ...)`` → ``nodeagent_restarts_total``).
+(``describe("restarts", "counter", ...)`` → ``nodeagent_restarts_total``). A family
+described with ``namespaced=False`` is exposed exactly as named (another exporter's names,
+e.g. dcgm-exporter's ``DCGM_FI_DEV_GPU_UTIL``), counters included.
 
 Generic: it knows no daemon metric (those are :mod:`nodeagent.daemon.telemetry`'s) and
 touches one host file, the textfile it is asked to write, through the one writer.
@@ -20,7 +22,7 @@ import math
 import re
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,18 +64,19 @@ class Metrics:
         self._families: dict[str, _Family] = {}
         self._lock = threading.Lock()
 
-    def describe(self, name: str, kind: str, help: str) -> None:
+    def describe(self, name: str, kind: str, help: str, *, namespaced: bool = True) -> None:
         """Declare metric ``name`` (without the namespace) of ``kind`` "gauge" or "counter".
 
         Describing it again with the same kind only replaces the help text; with another
         kind is a ValueError. A counter's name may be given with or without ``_total``.
+        ``namespaced=False``: exposed as ``name`` exactly, without namespace or ``_total``.
         """
         if kind not in KINDS:
             raise ValueError(f"metric {name!r}: kind must be one of {KINDS}, not {kind!r}")
-        full = f"{self.namespace}_{name}" if self.namespace else name
+        full = f"{self.namespace}_{name}" if self.namespace and namespaced else name
         if not _METRIC_NAME_RE.fullmatch(full):
             raise ValueError(f"invalid metric name {full!r}")
-        if kind == "counter" and not full.endswith("_total"):
+        if namespaced and kind == "counter" and not full.endswith("_total"):
             full += "_total"
         with self._lock:
             family = self._families.get(name)
@@ -97,6 +100,16 @@ class Metrics:
             if family.kind == "counter" and value < 0:
                 raise ValueError(f"counter {name!r} cannot be set to {value}")
             family.samples[key] = value
+
+    def replace(self, name: str, samples: Iterable[tuple[Mapping[str, str], float]]) -> None:
+        """Make ``samples`` (labels, value) the only samples of ``name``, in one step: a
+        series not among them (a GPU that is gone) is no longer rendered."""
+        new = {_label_key(labels): float(v) for labels, v in samples}
+        with self._lock:
+            family = self._family(name)
+            if family.kind == "counter" and any(v < 0 for v in new.values()):
+                raise ValueError(f"counter {name!r} cannot be set below 0")
+            family.samples = new
 
     def inc(self, name: str, by: float = 1.0, labels: Optional[Mapping[str, str]] = None) -> None:
         """Add ``by`` to the sample (a missing sample starts at 0). A counter only goes up:

@@ -25,7 +25,7 @@ from nodeagent.config import Config
 from nodeagent.daemon.schedule import ReportSchedule
 from nodeagent.daemon.state import State
 from nodeagent.daemon.telemetry import Telemetry
-from nodeagent.errors import describe
+from nodeagent.errors import NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_OK, Inventory
 from nodeagent.host.clock import Clock
 from nodeagent.kube.node import Node
@@ -142,7 +142,7 @@ class Reporter:
         agent, cfg = snap.agent, snap.cfg
         inv = agent.detect()
         self._inventory = inv
-        self._telemetry.detected(inv)
+        self._telemetry.detected(inv, self._node_name(agent))
         runtime = snap.runtime
         if verify_runtime:
             runtime = self._verify_runtime(agent)
@@ -169,6 +169,15 @@ class Reporter:
         )
         step = agent.step_node(inv, labels, runtime, xid=xid, heartbeat=heartbeat)
         self._after_report(step, labels, cfg)
+
+    @staticmethod
+    def _node_name(agent: Agent) -> Optional[str]:
+        """The Node's name for the metrics' ``Hostname`` label (what a dashboard joins on
+        the Node), or None — the host's name — when it cannot be worked out yet."""
+        try:
+            return agent.node_name()
+        except NodeagentError:
+            return None
 
     def _verify_runtime(self, agent: Agent) -> RuntimeState:
         r, state = agent.step_runtime(configure=False, dry_run=False)

@@ -1,14 +1,18 @@
 """What the daemon tells Prometheus and systemd: its metrics (one table, :data:`METRICS`),
-the ``STATUS=`` line for an apply, and the node-exporter textfile.
+the ``STATUS=`` line for an apply, and the node-exporter textfile; and the per-GPU series
+under dcgm-exporter's names and labels (one table, :data:`DCGM`; docs/operations.md).
 
 Called from every daemon thread: the registry and the notifier lock themselves, and the
-textfile writes are serialised by :meth:`Metrics.write_textfile`. Holds no other state.
+textfile writes are serialised by :meth:`Metrics.write_textfile`. Holds no other state than
+the last XID seen per GPU and the last inventory's GPU labels (under its own lock).
 Touches one host file, ``daemon.metrics_textfile``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import socket
+import threading
+from collections.abc import Callable, Iterable
 from typing import Optional
 
 from nodeagent import __version__
@@ -16,7 +20,7 @@ from nodeagent.daemon.metrics import Metrics
 from nodeagent.daemon.sdnotify import Notifier
 from nodeagent.errors import NodeagentError
 from nodeagent.gpu.events import XidEvent
-from nodeagent.gpu.inventory import Inventory
+from nodeagent.gpu.inventory import GPU, Inventory
 from nodeagent.host.clock import Clock
 from nodeagent.host.paths import HostRoot
 from nodeagent.kube.node import ConditionStatus
@@ -42,6 +46,73 @@ METRICS = (
 )
 
 
+def _fb_free(g: GPU) -> Optional[float]:
+    if g.memory_total_mib is None or g.memory_used_mib is None:
+        return None
+    return max(g.memory_total_mib - g.memory_used_mib, 0)
+
+
+def _rows(field: str) -> Callable[[GPU], Optional[float]]:
+    def read(g: GPU) -> Optional[float]:
+        return None if g.remapped_rows is None else float(getattr(g.remapped_rows, field))
+
+    return read
+
+
+#: dcgm-exporter's series (its default-counters.csv: name, type, help), each read from the
+#: inventory; a reading that is None (NOT_SUPPORTED, failed, GPU lost) is no sample.
+#: DCGM_FI_DEV_XID_ERRORS is not here: it comes from the XID watcher (:meth:`Telemetry.xid`).
+DCGM: tuple[tuple[str, str, str, Callable[[GPU], Optional[float]]], ...] = (
+    ("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %).", lambda g: g.utilization_gpu_pct),
+    (
+        "DCGM_FI_DEV_FB_USED",
+        "gauge",
+        "Framebuffer memory used (in MiB).",
+        lambda g: g.memory_used_mib,
+    ),
+    ("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB).", _fb_free),
+    ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C).", lambda g: g.temperature_c),
+    ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W).", lambda g: g.power_usage_w),
+    (
+        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+        "counter",
+        "Number of remapped rows for correctable errors",
+        _rows("correctable"),
+    ),
+    (
+        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+        "counter",
+        "Number of remapped rows for uncorrectable errors",
+        _rows("uncorrectable"),
+    ),
+    (
+        "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+        "gauge",
+        "Whether remapping of rows has failed",
+        _rows("failure"),
+    ),
+    (
+        "DCGM_FI_DEV_ROW_REMAP_PENDING",
+        "gauge",
+        "Whether remapping of rows is pending",
+        _rows("pending"),
+    ),
+)
+XID_ERRORS = "DCGM_FI_DEV_XID_ERRORS"
+XID_ERRORS_HELP = "Value of the last XID error encountered (0: none since the agent started)."
+
+
+def gpu_labels(g: GPU, hostname: str) -> dict[str, str]:
+    """dcgm-exporter's labels of one GPU's series."""
+    return {
+        "gpu": str(g.index),
+        "UUID": g.uuid or "",
+        "device": f"nvidia{g.index}",
+        "modelName": g.name or "",
+        "Hostname": hostname,
+    }
+
+
 def apply_status(outcome: Outcome) -> str:
     """The ``STATUS=`` line after an apply: the first failure, or what changed."""
     if outcome.failed:
@@ -59,8 +130,14 @@ class Telemetry:
         self.metrics = Metrics("nodeagent")
         for name, kind, help_text in METRICS:
             self.metrics.describe(name, kind, help_text)
+        for name, kind, help_text, _ in DCGM:
+            self.metrics.describe(name, kind, help_text, namespaced=False)
+        self.metrics.describe(XID_ERRORS, "gauge", XID_ERRORS_HELP, namespaced=False)
         self._root = root
         self._clock = clock
+        self._lock = threading.Lock()  # detected() (reporter) and xid() (watcher) race
+        self._gpu_labels: dict[int, dict[str, str]] = {}  # by index, from the last inventory
+        self._last_xid: dict[str, int] = {}  # by UUID: a GPU that comes back keeps its value
 
     def up(self, running: bool) -> None:
         self.metrics.set("up", 1 if running else 0, {"version": __version__})
@@ -70,9 +147,27 @@ class Telemetry:
         self.metrics.set("last_apply_duration_seconds", round(elapsed_s, 6))
         self.metrics.set("last_apply_timestamp_seconds", round(self._clock.time(), 3))
 
-    def detected(self, inv: Inventory) -> None:
+    def detected(self, inv: Inventory, hostname: Optional[str] = None) -> None:
+        """A re-detect: the GPU counts and every per-GPU series, replaced whole so a GPU
+        that is gone has no series left. ``hostname``: the ``Hostname`` label (default: the
+        host's name, as dcgm-exporter uses)."""
         self.metrics.set("gpus", len(inv.gpus))
         self.metrics.set("gpus_usable", len(inv.healthy_gpus))
+        host = hostname if hostname is not None else socket.gethostname()
+        labelled = [(g, gpu_labels(g, host)) for g in inv.gpus]
+        for name, _, _, read in DCGM:
+            samples = [(lb, float(v)) for g, lb in labelled if (v := read(g)) is not None]
+            self.metrics.replace(name, samples)
+        with self._lock:
+            self._gpu_labels = {g.index: lb for g, lb in labelled}
+            self._render_xids()
+
+    def _render_xids(self) -> None:
+        """Under ``self._lock``: one XID sample per GPU of the last inventory."""
+        self.metrics.replace(
+            XID_ERRORS,
+            [(lb, float(self._last_xid.get(lb["UUID"], 0))) for lb in self._gpu_labels.values()],
+        )
 
     def xids_active(self, inv: Inventory, gpus: Iterable[Optional[int]]) -> None:
         active = set(gpus)
@@ -86,6 +181,13 @@ class Telemetry:
             "critical": str(ev.critical).lower(),
         }
         self.metrics.inc("xid_events", labels=labels)
+        with self._lock:
+            uuid = ev.uuid
+            if uuid is None and ev.gpu_index in self._gpu_labels:
+                uuid = self._gpu_labels[ev.gpu_index]["UUID"]
+            if uuid:
+                self._last_xid[uuid] = ev.xid
+                self._render_xids()
 
     def report_ended(self, writes: int, failed: bool) -> None:
         """A report to the API server ended (``failed``: after its retries)."""
