@@ -290,6 +290,34 @@ def test_a_recovery_action_event_is_reported_at_once_not_at_the_next_redetect(
         run.stop()
 
 
+def test_a_device_plugin_that_advertises_after_registration_is_seen_within_seconds(
+    docker_sandbox: Callable[..., Sandbox], notify: NotifySocket
+) -> None:
+    """The kubelet registers the Node first; the device plugin's ``nvidia.com/gpu`` comes
+    later. GPUReady must follow within seconds, not at the next heartbeat (minutes)."""
+    slow = {**DAEMON, "redetect_interval_s": 60, "heartbeat_interval_s": 300}
+    box = docker_sandbox(daemon=slow, kube={"api_deadline_s": 5, "wait_for_node_s": 30})
+    run = Running(box, notify)
+    try:
+        notify.wait_for("READY", "1")
+        box.register(gpus=0)  # registered, the device plugin not there yet
+        wait_until(
+            "DevicePluginNotReady",
+            lambda: condition(box).get("reason") == "DevicePluginNotReady",
+            10,
+            run,
+        )
+
+        def advertise(node: dict[str, Any]) -> None:
+            node["status"]["capacity"]["nvidia.com/gpu"] = "8"
+
+        box.srv.update_node(box.node, advertise)
+        took = wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 10, run)
+        assert took < 5.0  # a Node read 2-4 s later, far from the 300 s heartbeat
+    finally:
+        run.stop()
+
+
 def test_no_api_write_between_heartbeats_when_nothing_changed(
     box: Sandbox, in_process: InProcess
 ) -> None:

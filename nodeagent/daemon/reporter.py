@@ -28,7 +28,7 @@ from nodeagent.daemon.telemetry import Telemetry
 from nodeagent.errors import NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_OK, Inventory
 from nodeagent.host.clock import Clock
-from nodeagent.kube.node import Node
+from nodeagent.kube.node import ConditionStatus, Node
 from nodeagent.kube.readiness import Readiness
 from nodeagent.log import get_logger
 from nodeagent.walk.agent import Agent
@@ -208,6 +208,10 @@ class Reporter:
             if r is not None:
                 self._reported = Reported(labels, r, node_state.node)
                 self._telemetry.condition(cfg.kube.condition_type, r.status)
+                if r.status is ConditionStatus.TRUE:
+                    self._schedule.ready()
+                else:  # it may be the Node that changes next (the device plugin): read soon
+                    self._schedule.not_ready(self._clock.monotonic())
             else:  # nothing told yet (the kubelet has not joined): look again soon
                 self._schedule.waiting(self._clock.monotonic())
         self._telemetry.write_textfile(cfg.daemon.metrics_textfile)

@@ -17,6 +17,7 @@ from nodeagent.retry import backoff_s
 
 REAPPLY_MAX_S = 3600.0  # the longest wait between two re-applies after failures
 JOIN_POLL_S = 2.0  # how often to look for the kubelet's credential before it has joined
+NOT_READY_MAX_S = 60.0  # the longest wait between two Node reads while it is not ready
 RETRY_MIN_S = 1.0  # never retry a failed report sooner: a broken API is not hammered
 RETRY_INITIAL_S = 2.0  # the first retry's backoff cap (full jitter), doubling to retry_max_s
 # Woken this long after the XID recovery is due, so the check finds it due (not just short).
@@ -55,6 +56,7 @@ class ReportSchedule:
         self.next_heartbeat = now + first_heartbeat(d.heartbeat_interval_s, d.heartbeat_jitter, rng)
         self.next_retry: Optional[float] = None
         self.failures = 0  # reports (or syncs) failed in a row
+        self._not_ready_reads = 0  # early Node reads since it was last told it is ready
 
     def wake_at(self, now: float, recovery_in: Optional[float]) -> float:
         """When to wake next; ``recovery_in``: seconds until an XID may be recovered from."""
@@ -99,6 +101,21 @@ class ReportSchedule:
         if self.next_retry is None or self.next_retry > now + wait:
             self.next_retry = now + wait
         return wait
+
+    def not_ready(self, now: float) -> float:
+        """The Node was told it is not ready. Some causes live on the Node itself (the
+        device plugin advertises ``nvidia.com/gpu`` after the kubelet registered): read it
+        again after 2, 4, 8 … s (at most :data:`NOT_READY_MAX_S`) rather than at the next
+        heartbeat, so GPUReady follows within seconds. Reads only; writes only on change."""
+        wait = min(NOT_READY_MAX_S, JOIN_POLL_S * float(2**self._not_ready_reads))
+        self._not_ready_reads = min(self._not_ready_reads + 1, 16)
+        if self.next_retry is None or self.next_retry > now + wait:
+            self.next_retry = now + wait
+        return wait
+
+    def ready(self) -> None:
+        """The Node was told it is ready: no more early reads."""
+        self._not_ready_reads = 0
 
     def succeeded(self) -> int:
         """A report went through: no retry pending. Returns the failures it ends."""
