@@ -41,11 +41,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bench.common import write_section
+from tests.hostfiles import CONTAINERD_TOML, CRI
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reliability.md"
 OUT = REPO / "build" / "fuzz"
-CRI = "io.containerd.grpc.v1.cri"
 BATCH = 200  # inputs per Hypothesis run; runs repeat until the time is up
 
 DAEMON_JSON_SEEDS = [
@@ -64,19 +64,13 @@ CONFIG_TOML_SEEDS = [
     b"",
     b"version = 2\n",
     b'#   containerd.io stock config\n#disabled_plugins = ["cri"]\n#root = "/var/lib/containerd"\n',
-    f"""version = 2
-[plugins."{CRI}"]
-  sandbox_image = "registry.k8s.io/pause:3.9"
-  [plugins."{CRI}".containerd]
-    default_runtime_name = "runc"
-    [plugins."{CRI}".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."{CRI}".containerd.runtimes.runc.options]
-        SystemdCgroup = true
-  [plugins."{CRI}".registry.configs."reg.example.com".auth]
+    (
+        CONTAINERD_TOML
+        + f"""  [plugins."{CRI}".registry.configs."reg.example.com".auth]
     username = "robot"
     password = "secret"
-""".encode(),
+"""
+    ).encode(),
     b'version = 2\nimports = ["/etc/containerd/conf.d/*.toml", "extra.toml"]\n'
     b'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n'
     b'  runtime_type = ""\n  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia'

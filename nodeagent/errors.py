@@ -44,8 +44,13 @@ def one_line(text: str) -> str:
     """``text`` with its line breaks folded into spaces and cut to :data:`MAX_MESSAGE`:
     every message the agent prints is one readable line, whatever a library put into an
     exception (a 5,000-character path included)."""
-    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+    return shorten(" ".join(p.strip() for p in text.splitlines() if p.strip()), MAX_MESSAGE)
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis: a path or value quoted inside
+    a message (a 5,000-character import entry) without drowning the message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def describe(e: BaseException) -> str:

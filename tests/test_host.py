@@ -174,7 +174,7 @@ def test_root_refuses_relative_dotdot_and_empty(root: HostRoot) -> None:
     with pytest.raises(InputError, match=r"may not contain '\.\.'"):
         root.path("/var/lib/../../../tmp/x")
     with pytest.raises(InputError, match="--root: empty"):
-        HostRoot("")  # type: ignore[arg-type]
+        HostRoot.of("")
 
 
 def test_symlinks_resolve_inside_the_root(root: HostRoot) -> None:

@@ -29,7 +29,6 @@ from nodeagent.errors import (
     EXIT_NO_GPU,
     EXIT_OK,
     EXIT_SOFTWARE,
-    InputError,
     NodeagentError,
     describe,
     one_line,
@@ -49,10 +48,7 @@ class Context:
     def root(self) -> HostRoot:
         from nodeagent.host.paths import HostRoot
 
-        raw: str = self.args.root
-        if not raw:  # Path("") is ".": an empty --root would be the working directory
-            raise InputError("--root: empty; give a directory (/ for this machine)")
-        return HostRoot(Path(raw))
+        return HostRoot.of(self.args.root)
 
     def config(self) -> Config:
         """The validated config: ``--config`` as given, else the default path under --root."""

@@ -97,10 +97,7 @@ class ReportSchedule:
         """The node step found nothing to tell yet (the kubelet has not joined: no
         credential): look again soon, so GPUReady follows the join within seconds. Costs a
         local stat and an NVML read; nothing is sent until there is a credential."""
-        wait = JOIN_POLL_S
-        if self.next_retry is None or self.next_retry > now + wait:
-            self.next_retry = now + wait
-        return wait
+        return self._read_within(now, JOIN_POLL_S)
 
     def not_ready(self, now: float) -> float:
         """The Node was told it is not ready. Some causes live on the Node itself (the
@@ -109,6 +106,10 @@ class ReportSchedule:
         heartbeat, so GPUReady follows within seconds. Reads only; writes only on change."""
         wait = min(NOT_READY_MAX_S, JOIN_POLL_S * float(2**self._not_ready_reads))
         self._not_ready_reads = min(self._not_ready_reads + 1, 16)
+        return self._read_within(now, wait)
+
+    def _read_within(self, now: float, wait: float) -> float:
+        """Read the Node within ``wait`` seconds (an earlier retry already due stays)."""
         if self.next_retry is None or self.next_retry > now + wait:
             self.next_retry = now + wait
         return wait

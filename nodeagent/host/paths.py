@@ -14,7 +14,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from nodeagent.errors import InputError
+from nodeagent.errors import InputError, shorten
 
 _MAX_LINKS = 40  # the kernel's own limit on symlinks in one lookup
 
@@ -30,10 +30,15 @@ class HostRoot:
     root: Path = Path("/")
 
     def __post_init__(self) -> None:
-        raw = os.fspath(self.root)
+        object.__setattr__(self, "root", Path(os.path.abspath(os.fspath(self.root))))
+
+    @classmethod
+    def of(cls, raw: str) -> HostRoot:
+        """The root a ``--root`` argument names. Empty is refused: ``Path("")`` is ``.``,
+        which would make the working directory stand for ``/``."""
         if not raw:
             raise InputError("--root: empty; give a directory (/ for this machine)")
-        object.__setattr__(self, "root", Path(os.path.abspath(raw)))
+        return cls(Path(raw))
 
     def path(self, host_path: str | os.PathLike[str]) -> Path:
         """Map an absolute host path to the path on this machine."""
@@ -63,8 +68,7 @@ class HostRoot:
             try:
                 is_link = local.is_symlink()
             except OSError as e:  # a name too long for the filesystem, a denied directory
-                shown = host_path if len(host_path) <= 80 else host_path[:77] + "..."
-                raise InputError(f"{shown}: {e.strerror or e}") from None
+                raise InputError(f"{shorten(host_path)}: {e.strerror or e}") from None
             if is_link:
                 hops += 1
                 if hops > _MAX_LINKS:

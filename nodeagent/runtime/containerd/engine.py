@@ -40,7 +40,7 @@ from typing import Any, Optional
 import tomlkit
 
 from nodeagent.config import Config
-from nodeagent.errors import InputError, NodeagentError, StepFailed
+from nodeagent.errors import InputError, NodeagentError, StepFailed, shorten
 from nodeagent.host.change import FileChange
 from nodeagent.host.paths import HostRoot, unix_socket_path
 from nodeagent.host.reader import (
@@ -208,8 +208,7 @@ class ContainerdEngine:
     def _expand(self, pattern: str) -> list[str]:
         """Host paths an import names, globs expanded against the root's files and sorted
         like Go's filepath.Glob (containerd's own expansion)."""
-        shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
-        where = f"{self.cc.config_file}: 'imports' entry {shown}"
+        where = f"{self.cc.config_file}: 'imports' entry {shorten(pattern)}"
         try:
             if not is_glob(pattern):
                 return [pattern] if os.path.lexists(self._local(pattern)) else []

@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 from nodeagent.errors import InputError
 
-MAX_BYTES = 1024 * 1024  # daemon.json is a few hundred bytes; a larger file is a mistake
 DEFAULT_INDENT = "    "
 # daemon.json is two or three levels deep; Python's parser recurses per level and fails
 # with RecursionError near 1000, so depth is bounded first, on the raw text.
@@ -57,8 +56,6 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse(text: str, name: str) -> JSONDoc:
     """Parse a JSON object file. Empty (or whitespace only) is ``{}``."""
-    if len(text.encode("utf-8", errors="surrogateescape")) > MAX_BYTES:
-        raise InputError(f"{name}:1:1: larger than {MAX_BYTES // 1024} KiB; refusing to edit it")
     if text.startswith("\ufeff"):
         raise InputError(
             f"{name}:1:1: starts with a UTF-8 byte-order mark, which dockerd cannot parse; "
