@@ -96,6 +96,7 @@ def test_v100_node_has_gfd_values() -> None:
         "nvidia.com/gpu.present": "true",
         "nvidia.com/gpu.product": "Tesla-V100-SXM2-16GB",
         "nvidia.com/mig.capable": "false",
+        "nvidia.com/mps.capable": "false",
     }
 
 
@@ -355,6 +356,10 @@ def test_label_key_problem(key: str, allowed: bool) -> None:
         ("NVIDIA RTX A6000", "RTX-A6000"),
         ("Quadro RTX 8000", "RTX-8000"),
         ("NVIDIA TITAN X (Pascal)", "TITAN-X"),
+        ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTX-PRO-6000"),
+        ("GRID T4-16Q", "T4"),
+        ("GRID P4-4Q", "P4"),
+        ("NVIDIA A10-24Q", "A10"),
         ("", None),
         (None, None),
     ],

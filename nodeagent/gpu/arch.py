@@ -30,10 +30,12 @@ def arch_family(major: Optional[int], minor: Optional[int]) -> Optional[str]:
     }.get(major)
 
 
-_VENDOR_PREFIXES = ("NVIDIA ", "Tesla ", "Quadro ", "GeForce ")
-# Brand words that are part of the model: "GeForce RTX 4090" -> RTX-4090, "TITAN X" -> TITAN-X.
+# "GRID " starts a vGPU's name ("GRID T4-16Q": a T4).
+_VENDOR_PREFIXES = ("NVIDIA ", "Tesla ", "Quadro ", "GeForce ", "GRID ")
+# Brand words that are part of the model: "GeForce RTX 4090" -> RTX-4090, "TITAN X" -> TITAN-X,
+# "RTX PRO 6000 Blackwell Server Edition" -> RTX-PRO-6000.
 _BRANDED_RE = re.compile(
-    r"^(?:NVIDIA\s+)?(?:GeForce\s+|Quadro\s+)?(RTX|GTX|TITAN)\s+(\w+)", re.IGNORECASE
+    r"^(?:NVIDIA\s+)?(?:GeForce\s+|Quadro\s+)?(RTX|GTX|TITAN)\s+((?:PRO\s+)?\w+)", re.IGNORECASE
 )
 
 
@@ -42,7 +44,8 @@ def short_model(name: Optional[str]) -> Optional[str]:
 
     "Tesla V100-SXM2-16GB" -> "V100", "NVIDIA A100-SXM4-80GB" -> "A100",
     "NVIDIA H100 80GB HBM3" -> "H100", "NVIDIA GeForce RTX 4090" -> "RTX-4090",
-    "NVIDIA RTX A6000" -> "RTX-A6000", "NVIDIA TITAN X (Pascal)" -> "TITAN-X".
+    "NVIDIA RTX A6000" -> "RTX-A6000", "NVIDIA TITAN X (Pascal)" -> "TITAN-X",
+    "NVIDIA RTX PRO 6000 Blackwell Server Edition" -> "RTX-PRO-6000", "GRID T4-16Q" -> "T4".
     None when the name gives nothing usable.
     """
     if not name:
@@ -50,7 +53,7 @@ def short_model(name: Optional[str]) -> Optional[str]:
     s = name.strip()
     m = _BRANDED_RE.match(s)
     if m:
-        return f"{m.group(1).upper()}-{m.group(2)}"
+        return "-".join([m.group(1).upper(), *m.group(2).split()])
     changed = True
     while changed:
         changed = False

@@ -94,6 +94,17 @@ def clock_events(mask: int) -> tuple[ClockEvent, ...]:
     return tuple(r for r, bit in CLOCK_EVENT_BITS.items() if mask & bit)
 
 
+class VirtualizationMode(StrEnum):
+    """``nvmlDeviceGetVirtualizationMode``: how this GPU is virtualised, seen from here."""
+
+    NONE = "none"  # bare metal
+    PASSTHROUGH = "passthrough"  # a whole GPU passed through to this VM
+    VGPU = "vgpu"  # a vGPU: this is a guest of NVIDIA vGPU software
+    HOST_VGPU = "host_vgpu"  # the hypervisor host of vGPUs
+    HOST_VSGA = "host_vsga"  # the hypervisor host in vSGA mode
+    UNKNOWN = "unknown"  # a value newer than this agent
+
+
 class Signal(StrEnum):
     """One per-GPU NVML reading that can fail on its own without dropping the GPU."""
 
@@ -165,6 +176,13 @@ class MigDevice:
     multiprocessor_count: Optional[int] = None
     gpu_instance_slices: Optional[int] = None
     compute_instance_slices: Optional[int] = None
+    # nvmlDeviceGetAttributes: memorySizeMB and the shared engines (GFD's MIG labels).
+    memory_size_mb: Optional[int] = None
+    shared_copy_engines: Optional[int] = None
+    shared_decoders: Optional[int] = None
+    shared_encoders: Optional[int] = None
+    shared_jpegs: Optional[int] = None
+    shared_ofas: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +205,10 @@ class GPU:
     mig_mode_pending: Optional[str] = None
     mig_devices: tuple[MigDevice, ...] = ()
     power_limit_w: Optional[float] = None
+    virtualization_mode: Optional[VirtualizationMode] = None  # None: NVML did not say
+    # A vGPU guest's hypervisor driver, from the GPU's PCI vendor capability (gpu.vgpu).
+    vgpu_host_driver_version: Optional[str] = None  # "460.16"
+    vgpu_host_driver_branch: Optional[str] = None  # "r460_00"
     # Health signals and measurements: None when NVML answers NOT_SUPPORTED ("not
     # applicable") or when the reading failed, which signal_errors then names.
     fabric: Optional[Fabric] = None
@@ -270,6 +292,11 @@ def _gpu_dict(g: GPU) -> dict[str, Any]:
             "devices": [dataclasses.asdict(m) for m in g.mig_devices],
         },
         "power_limit_w": g.power_limit_w,
+        "virtualization": {
+            "mode": g.virtualization_mode.value if g.virtualization_mode else None,
+            "host_driver_version": g.vgpu_host_driver_version,
+            "host_driver_branch": g.vgpu_host_driver_branch,
+        },
         "health": {
             "fabric": g.fabric.to_dict() if g.fabric else None,
             "remapped_rows": dataclasses.asdict(g.remapped_rows) if g.remapped_rows else None,

@@ -37,7 +37,9 @@ from nodeagent.gpu.inventory import (
     RemappedRows,
     Signal,
     SignalError,
+    VirtualizationMode,
 )
+from nodeagent.gpu.vgpu import with_host_driver
 from nodeagent.host.paths import HostRoot
 from nodeagent.log import get_logger
 
@@ -148,7 +150,8 @@ def detect(library: Optional[str] = None, root: HostRoot = HostRoot()) -> Invent
 
     ``library`` is the path of a libnvidia-ml.so.1 to load instead of the dynamic loader's
     search (config key ``nvml_library``); ``root`` is where ``/sys/class/dmi/id/product_name``
-    is read for :attr:`Inventory.machine`. Never raises for NVML failures: they are states.
+    is read for :attr:`Inventory.machine` (and a vGPU guest's PCI config space, gpu.vgpu).
+    Never raises for NVML failures: they are states.
     """
     machine = _machine(root)
     import pynvml
@@ -162,7 +165,8 @@ def detect(library: Optional[str] = None, root: HostRoot = HostRoot()) -> Invent
                 pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND), library, machine
             )
     with bound(lib):
-        return _detect(library, machine)
+        inv = _detect(library, machine)
+    return with_host_driver(inv, root)
 
 
 @contextlib.contextmanager
@@ -264,6 +268,17 @@ def cuda_version(raw: Optional[int]) -> Optional[str]:
     return f"{raw // 1000}.{raw % 1000 // 10}"
 
 
+# nvmlGpuVirtualizationMode_t: NVML_GPU_VIRTUALIZATION_MODE_{NONE,PASSTHROUGH,VGPU,...}.
+_VIRTUALIZATION = {
+    0: VirtualizationMode.NONE,
+    1: VirtualizationMode.PASSTHROUGH,
+    2: VirtualizationMode.VGPU,
+    3: VirtualizationMode.HOST_VGPU,
+    4: VirtualizationMode.HOST_VSGA,
+}
+_VIRT_NEW = VirtualizationMode.UNKNOWN  # a mode newer than this agent
+
+
 def mig_profile(name: str) -> Optional[str]:
     """The MIG profile in an NVML MIG device name: "NVIDIA A100-SXM4-80GB MIG 1g.10gb" ->
     "1g.10gb" (also "1g.10gb+me", "1c.3g.40gb"); None when the name has none."""
@@ -309,6 +324,7 @@ def _read_gpu(index: int, handle: Any, name: Optional[str]) -> GPU:
         if current == "enabled":
             mig_devices = _mig_devices(handle)
     power_mw = _query(pynvml.nvmlDeviceGetPowerManagementLimit, handle)
+    virt = _query(pynvml.nvmlDeviceGetVirtualizationMode, handle)
     fabric = r.read(Signal.FABRIC, _fabric, handle)
     rows = r.read(Signal.REMAPPED_ROWS, pynvml.nvmlDeviceGetRemappedRows, handle)
     recovery = r.read(Signal.RECOVERY_ACTION, _recovery_action, handle)
@@ -348,6 +364,7 @@ def _read_gpu(index: int, handle: Any, name: Optional[str]) -> GPU:
         mig_mode_pending=pending,
         mig_devices=mig_devices,
         power_limit_w=power_mw / 1000.0 if power_mw is not None else None,
+        virtualization_mode=None if virt is None else _VIRTUALIZATION.get(int(virt), _VIRT_NEW),
         fabric=fabric,
         remapped_rows=RemappedRows(
             correctable=int(rows[0]),
@@ -516,6 +533,12 @@ def _mig_devices(handle: Any) -> tuple[MigDevice, ...]:
                 multiprocessor_count=int(attrs.multiprocessorCount) if attrs else None,
                 gpu_instance_slices=int(attrs.gpuInstanceSliceCount) if attrs else None,
                 compute_instance_slices=int(attrs.computeInstanceSliceCount) if attrs else None,
+                memory_size_mb=int(attrs.memorySizeMB) if attrs else None,
+                shared_copy_engines=int(attrs.sharedCopyEngineCount) if attrs else None,
+                shared_decoders=int(attrs.sharedDecoderCount) if attrs else None,
+                shared_encoders=int(attrs.sharedEncoderCount) if attrs else None,
+                shared_jpegs=int(attrs.sharedJpegCount) if attrs else None,
+                shared_ofas=int(attrs.sharedOfaCount) if attrs else None,
             )
         )
     return tuple(found)

@@ -1,11 +1,12 @@
 """The agent's own labels under ``labels.prefix`` (default ``nodeagent.io``): per-product
-counts on a mixed node, unhealthy GPUs, MIG devices by profile. Pure."""
+counts on a mixed node, unhealthy GPUs, MIG devices by profile, a vGPU guest's profile. Pure."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from nodeagent.gpu.inventory import GPU, Inventory
+from nodeagent.labels import vgpu
 from nodeagent.labels.gfd import products
 from nodeagent.labels.values import sanitize_value
 
@@ -29,4 +30,5 @@ def labels(inv: Inventory, gpus: tuple[GPU, ...], prefix: str) -> dict[str, str]
         out[f"{prefix}/mig.enabled"] = "true"
         for profile, count in mig.items():
             out[f"{prefix}/mig-{sanitize_value(profile)}.count"] = str(count)
+    out.update(vgpu.own_labels(gpus, prefix))
     return out

@@ -13,15 +13,21 @@ from typing import Callable
 from nodeagent.config import LabelsConfig
 from nodeagent.gpu.inventory import GPU, STATE_OK, Inventory
 from nodeagent.kube.keys import is_valid_value, key_problem
-from nodeagent.labels import gfd, own, simple
+from nodeagent.labels import clouds, gfd, own, simple
 
 Family = Callable[[Inventory, tuple[GPU, ...], LabelsConfig], dict[str, str]]
 
 # (name, the family) in the order they are merged; a later family wins a shared key.
 FAMILIES: tuple[tuple[str, Family], ...] = (
-    ("gfd", lambda inv, gpus, cfg: gfd.labels(inv, gpus) if cfg.gfd else {}),
+    (
+        "gfd",
+        lambda inv, gpus, cfg: (
+            gfd.labels(inv, gpus, cfg.mig_strategy, cfg.mps_sharing) if cfg.gfd else {}
+        ),
+    ),
     ("simple", lambda inv, gpus, cfg: simple.labels(inv, gpus) if cfg.simple else {}),
     ("own", lambda inv, gpus, cfg: own.labels(inv, gpus, cfg.prefix)),
+    ("conventions", lambda inv, gpus, cfg: clouds.labels(gpus, cfg.conventions)),
 )
 
 

@@ -684,6 +684,11 @@ nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t device, nvmlDeviceAttribute
     attributes->gpuInstanceSliceCount = (unsigned)j_int(j, "gpu_instance_slices", 0);
     attributes->computeInstanceSliceCount = (unsigned)j_int(j, "compute_instance_slices", 0);
     attributes->memorySizeMB = mib(j, "memory_total_mib") / (1024ULL * 1024ULL);
+    attributes->sharedCopyEngineCount = (unsigned)j_int(j, "shared_copy_engines", 0);
+    attributes->sharedDecoderCount = (unsigned)j_int(j, "shared_decoders", 0);
+    attributes->sharedEncoderCount = (unsigned)j_int(j, "shared_encoders", 0);
+    attributes->sharedJpegCount = (unsigned)j_int(j, "shared_jpegs", 0);
+    attributes->sharedOfaCount = (unsigned)j_int(j, "shared_ofas", 0);
     return NVML_SUCCESS;
 }
 
@@ -899,6 +904,20 @@ nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device,
 nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t device, nvmlEnableState_t *mode) {
     DEVICE(device, j, mode);
     return enable_state(j, "persistence_mode", "nvmlDeviceGetPersistenceMode", mode);
+}
+
+/* "virtualization_mode": none|passthrough|vgpu|host_vgpu|host_vsga (nvml.h's order). */
+nvmlReturn_t nvmlDeviceGetVirtualizationMode(nvmlDevice_t device,
+                                             nvmlGpuVirtualizationMode_t *mode) {
+    static const char *const MODES[] = {"none", "passthrough", "vgpu", "host_vgpu", "host_vsga"};
+    DEVICE(device, j, mode);
+    CALL_ERROR(j, "nvmlDeviceGetVirtualizationMode");
+    const char *name = j_str(j, "virtualization_mode", NULL);
+    if (is_mig(device) || !name) return NVML_ERROR_NOT_SUPPORTED;
+    int m = index_of_name("virtualization mode", name, MODES, 5);
+    if (m < 0) return NVML_ERROR_UNKNOWN;
+    *mode = (nvmlGpuVirtualizationMode_t)m;
+    return NVML_SUCCESS;
 }
 
 /* A numeric key; NOT_SUPPORTED when absent. */
