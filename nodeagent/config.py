@@ -215,6 +215,11 @@ XID = Range(1, 65535, integer=True)
 # --- the configuration ----------------------------------------------------------------------
 
 
+# labels.conventions entries (nodeagent.labels.clouds.Convention) and labels.mig_strategy.
+LABEL_CONVENTIONS = ("ack", "gke", "eks", "jdcloud", "aks")
+MIG_STRATEGIES = ("none", "single", "mixed")
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelsConfig:
     """Which node labels the agent sets (see docs/labels.md)."""
@@ -229,8 +234,15 @@ class LabelsConfig:
     skip: tuple[str, ...] = ()
     # Prefix of the agent's own labels (per-product counts, unhealthy GPUs, MIG profiles).
     prefix: str = "nodeagent.io"
+    # Clouds whose GPU node labels to set too (docs/labels.md, "Cloud conventions").
+    conventions: tuple[str, ...] = _field((), _one_of(LABEL_CONVENTIONS), each=True)
+    # The device plugin's MIG strategy: GFD's mig.strategy labels (docs/labels.md).
+    mig_strategy: str = _field("none", _one_of(MIG_STRATEGIES))
+    # The device plugin shares GPUs through MPS: nvidia.com/mps.capable as GFD sets it.
+    mps_sharing: bool = False
 
     def __post_init__(self) -> None:
+        _validate(self)
         # The agent's own labels are PREFIX/NAME: the prefix must be one a node may use.
         problem = label_key_problem(f"{self.prefix}/x")
         if problem:
@@ -249,6 +261,8 @@ class LabelsConfig:
 
 
 RESTART_MODES = ("auto", "reload", "restart", "none")
+# runtime.cdi: leave the runtime's own CDI setting, or turn CDI on / off (docs/runtime.md).
+CDI_MODES = ("auto", "enable", "disable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,6 +325,12 @@ class RuntimeConfig:
     restart_mode: str = _field("auto", _one_of(RESTART_MODES))
     allow_restart: bool = False
     verify_timeout_s: float = _field(60.0, Range(0, HOUR, low_open=True))
+    # CDI: auto leaves docker's features.cdi / containerd's enable_cdi as the host has them.
+    cdi: str = _field("auto", _one_of(CDI_MODES))
+    # Where apply writes a regenerated nvidia.com/gpu CDI spec when there is none.
+    cdi_spec: str = _field("/var/run/cdi/nvidia.yaml", host_path_problem)
+    # The NVIDIA Container Toolkit CLI that generates it (a name on the PATH, or a path).
+    nvidia_ctk: str = _field("nvidia-ctk", _command)
     docker: DockerConfig = dataclasses.field(default_factory=DockerConfig, metadata=_ENGINE_SECTION)
     containerd: ContainerdConfig = dataclasses.field(
         default_factory=ContainerdConfig, metadata=_ENGINE_SECTION
@@ -378,6 +398,12 @@ class DaemonConfig:
     retry_max_s: float = _field(60.0, Range(1, HOUR))
     # Where the daemon keeps what must survive its own restart (active XIDs, boot id).
     state_file: str = _field("/var/lib/nodeagent/state.json", host_path_problem)
+    # The kubelet's pod-resources socket: which pod holds each GPU, as labels of the per-GPU
+    # series (docs/operations.md); empty: off.
+    pod_resources_socket: str = _field(
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+        lambda v: None if v == "" else host_path_problem(v),
+    )
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -3,7 +3,7 @@
 # a virtualenv in .venv with the project and its test dependencies.
 set -euo pipefail
 
-NODEAGENT_APT_PACKAGES=(gcc docker.io containerd busybox-static cloud-init make binutils python3 lintian rpm rpmlint shellcheck debootstrap systemd-container prometheus)
+NODEAGENT_APT_PACKAGES=(gcc libc6-dev docker.io containerd busybox-static cloud-init make binutils python3 lintian rpm rpmlint shellcheck debootstrap systemd-container prometheus dpkg-dev iproute2 openssl)
 
 install_apt_packages() {
   local missing=()
@@ -32,4 +32,17 @@ install_venv() {
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"
   fi
+}
+
+# The tests' caches under /var/cache (root only; a laptop's tests skip without them):
+# newer and older runtimes unpacked from other Debian suites (tests/debcache.py), and
+# Kubernetes 1.20.2 built from Debian's source (tests/cluster/build.py: ~7 min cold, once).
+# Warmed here, before pytest, because a test's fixture would wait on a cold build longer
+# than the per-test timeout.
+warm_caches() {
+  [ "$(id -u)" = 0 ] || return 0
+  .venv/bin/python -m tests.debcache bookworm docker.io containerd etcd-server >/dev/null
+  .venv/bin/python -m tests.debcache trixie docker.io docker-cli containerd >/dev/null
+  .venv/bin/python -m tests.debcache sid docker.io docker-cli containerd >/dev/null
+  .venv/bin/python -m tests.cluster.build
 }

@@ -19,12 +19,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 if __package__ in (None, ""):  # run as a script: `python tests/X.py restart BASE`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.containerd import saved_prefix
+from tests.debcache import unpacked
 from tests.realparts import alive, needs
+from tests.runtimes import Runtime, runtime
 
 BASE_CONFIG = {
     "storage-driver": "vfs",
@@ -40,14 +43,33 @@ def needs_dockerd() -> Optional[str]:
     return needs("dockerd", package="docker.io")
 
 
+def path_prefix(docker: Runtime) -> str:
+    """PATH entries for ``docker``'s suite: dockerd, the docker CLI, and the containerd
+    (and shims) dockerd starts for itself — what a machine of that suite runs."""
+    parts = [docker.path_prefix]
+    if not (docker.tree / "usr" / "bin" / "docker").exists():  # docker.io >= 26: no CLI
+        parts.append(str(unpacked(docker.suite, "docker-cli") / "usr" / "bin"))
+    parts.append(runtime("containerd", docker.suite).path_prefix)
+    return ":".join(parts)
+
+
 class Dockerd:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, docker: Union[Runtime, str, None] = None) -> None:
         self.base = base
         self.root = base / "root"
         self.config = self.root / "etc" / "docker" / "daemon.json"
         self.sock = base / "d.sock"
         self.pidfile = self.root / "run" / "docker.pid"  # host path /run/docker.pid
         self.log = base / "dockerd.log"
+        chosen = path_prefix(docker) if isinstance(docker, Runtime) else docker
+        self.path_prefix = saved_prefix(base, chosen)
+
+    def env(self) -> dict[str, str]:
+        """The environment of every dockerd and docker this class runs: the root's /usr/bin
+        first (dockerd finds a bare runtime name, nvidia-container-runtime, through its
+        PATH, as on a real host), then the chosen docker, then this machine's PATH."""
+        path = [str(self.root / "usr" / "bin"), self.path_prefix, os.environ.get("PATH", "")]
+        return {**os.environ, "PATH": ":".join(p for p in path if p)}
 
     @property
     def host(self) -> str:
@@ -82,13 +104,10 @@ class Dockerd:
         """Start dockerd detached; True once its API answers, False if it exits or times out."""
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.config.parent.mkdir(parents=True, exist_ok=True)
-        # dockerd finds a bare runtime name (nvidia-container-runtime) through its PATH, as
-        # on a real host: put the --root's /usr/bin first.
-        env = {**os.environ, "PATH": f"{self.root / 'usr' / 'bin'}:{os.environ.get('PATH', '')}"}
         with self.log.open("ab") as out:
             proc = subprocess.Popen(
                 self.argv(), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env,
+                start_new_session=True, env=self.env(),
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -104,6 +123,7 @@ class Dockerd:
             ["docker", "-H", self.host, "version", "--format", "{{.Server.Version}}"],
             capture_output=True,
             timeout=10,
+            env=self.env(),
         )
         return r.returncode == 0
 
@@ -129,8 +149,9 @@ class Dockerd:
 
     def docker(self, *args: str, check: bool = True) -> str:
         r = subprocess.run(
-            ["docker", "-H", self.host, *args], capture_output=True, text=True, timeout=60
-        )
+            ["docker", "-H", self.host, *args],
+            capture_output=True, text=True, timeout=60, env=self.env(),
+        )  # fmt: skip
         if check and r.returncode != 0:
             raise RuntimeError(f"docker {' '.join(args)}: {r.stderr.strip()}")
         return r.stdout.strip()
@@ -193,7 +214,7 @@ def write_runtime_standin(root: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "restart":
+    if len(argv) == 2 and argv[0] == "restart":  # the dockerd saved under BASE
         return 0 if Dockerd(Path(argv[1])).restart() else 1
     print("usage: python -m tests.dockerd restart BASE", file=sys.stderr)
     return 2

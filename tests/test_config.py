@@ -462,6 +462,7 @@ PATH_KEYS = [
     "runtime.docker.pidfile",
     "runtime.containerd.config_file",
     "runtime.containerd.drop_in",
+    "runtime.cdi_spec",
 ]
 
 

@@ -3,6 +3,12 @@
 Every containerd here has its own root, state and socket under a temp dir, named by the
 config.toml the agent edits under ``--root``; restarts go through
 ``tests/containerd.py restart``, the stand-in for ``systemctl restart containerd``.
+
+The tests against a running containerd run on each containerd of the runtime matrix
+(tests/runtimes.py: 1.6, 1.7 and 2.1 from the Debian suites, ids ``containerd-bookworm``
+...), each with the config version it writes natively (2 for 1.x, 3 for 2.x); what
+containerd loaded is read through :class:`~nodeagent.runtime.containerd.dump.DumpedConfig`,
+whatever the version. The offline tests use this machine's containerd.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from nodeagent.config import Config, ContainerdConfig, RuntimeConfig
 from nodeagent.errors import InputError, StepFailed
 from nodeagent.host.paths import HostRoot
 from nodeagent.runtime.containerd import tomledit as ct
+from nodeagent.runtime.containerd.dump import DumpedConfig
 from nodeagent.runtime.containerd.engine import ContainerdEngine, runtime_mismatches
 from nodeagent.runtime.engine import Activation
 from tests.containerd import Containerd, needs_containerd
+from tests.debcache import FetchError
 from tests.dockerd import write_runtime_standin
 from tests.realparts import skip_or_fail
+from tests.runtimes import MATRIX, runtime
 
 # Pinned so the health checks (too_slow on a loaded CI runner) never flake: a fixed,
 # derandomized set of examples and no per-example deadline.
@@ -38,7 +47,8 @@ PINNED = settings(
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CRI = '[plugins."io.containerd.grpc.v1.cri"]'
+CRI_V2 = ct.CRI_PLUGIN[2]
+CRI = f'[plugins."{CRI_V2}"]'
 
 HOST_CRI = f"""
 # the operator's settings: nodeagent must keep every one of them
@@ -49,6 +59,30 @@ HOST_CRI = f"""
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
       SystemdCgroup = true
 """
+
+# The same settings in a version 3 config (containerd 2.x): the sandbox image is the
+# images plugin's, the runtimes the runtime plugin's.
+HOST_CRI_V3 = """
+# the operator's settings: nodeagent must keep every one of them
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "registry.example.com/pause:3.9"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+    SystemdCgroup = true
+"""
+
+
+def host_cri(version: int) -> str:
+    """The operator's CRI settings in a config of ``version``."""
+    return HOST_CRI if version == 2 else HOST_CRI_V3
+
+
+def in_version(text: str, version: int) -> str:
+    """A version 2 runtime-section snippet as the same snippet of ``version``."""
+    if version == 2:
+        return text
+    return text.replace("io.containerd.grpc.v1.cri", ct.CRI_PLUGIN[3])
 
 
 # --- the pure part ------------------------------------------------------------------------
@@ -196,23 +230,119 @@ def test_version_3_configs_use_the_containerd_2_plugin_name(tmp_path: Path) -> N
     assert list(data["plugins"]) == ["io.containerd.cri.v1.runtime"]
 
 
+# --- reading containerd's dump, by config version ---------------------------------------------
+
+DUMP_V2 = f"""version = 2
+root = "/var/lib/containerd"
+{CRI}
+  sandbox_image = "registry.example.com/pause:3.9"
+  enable_cdi = true
+  cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "nvidia"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
+      BinaryName = "/usr/bin/nvidia-container-runtime"
+"""
+
+# The same settings as containerd 2.1 dumps them (trimmed): single quotes, version 3, the
+# sandbox image in the images plugin, runc's options expanded with their defaults.
+DUMP_V3 = """version = 3
+root = '/var/lib/containerd'
+[plugins]
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = 'registry.example.com/pause:3.9'
+  [plugins.'io.containerd.cri.v1.runtime']
+    enable_cdi = true
+    cdi_spec_dirs = ['/etc/cdi', '/var/run/cdi']
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'nvidia'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nvidia]
+        runtime_type = 'io.containerd.runc.v2'
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nvidia.options]
+          BinaryName = '/usr/bin/nvidia-container-runtime'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = 'io.containerd.runc.v2'
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = ''
+          SystemdCgroup = true
+"""
+
+
+@pytest.mark.parametrize("text", [DUMP_V2, DUMP_V3], ids=["version-2", "version-3"])
+def test_a_dump_reads_the_same_whatever_its_version(text: str) -> None:
+    d = DumpedConfig.of(tomlkit.parse(text).unwrap())
+    assert d.root == "/var/lib/containerd"
+    assert d.default_runtime_name == "nvidia"
+    assert set(d.runtimes) == {"runc", "nvidia"}
+    assert d.runtimes["nvidia"].binary_name == "/usr/bin/nvidia-container-runtime"
+    assert d.runtimes["runc"].binary_name == ""
+    assert d.sandbox_image == "registry.example.com/pause:3.9"
+    assert (d.enable_cdi, d.cdi_spec_dirs) == (True, ("/etc/cdi", "/var/run/cdi"))
+    assert (d.systemd_cgroup("runc"), d.systemd_cgroup("nvidia"), d.systemd_cgroup("x")) == (
+        True,
+        False,
+        None,
+    )
+    # nvidia does not follow runc's cgroup driver here, and the dump says so
+    assert [str(m) for m in d.mismatches("nvidia")] == [
+        "runtime 'nvidia' has options.SystemdCgroup = false but 'runc' has true"
+    ]
+    assert d.problem("nvidia", set_default=True) is None
+    assert d.problem("nvidia", set_default=False) == (
+        "containerd config dump shows 'nvidia' as the default runtime"
+    )
+    assert d.problem("kata", set_default=True) == "containerd config dump shows no 'kata' runtime"
+
+
+def test_a_dump_without_cdi_or_a_cri_section_reads_as_unset() -> None:
+    d = DumpedConfig.of({"version": 2, "plugins": {CRI_V2: {"containerd": "odd"}}})
+    assert (d.enable_cdi, d.cdi_spec_dirs, d.sandbox_image) == (None, (), None)
+    assert (d.default_runtime_name, d.runtimes) == (None, {})
+    assert d.problem("nvidia", True) == "containerd config dump shows no 'nvidia' runtime"
+    assert DumpedConfig.of({}).plugin_id == ("io.containerd.grpc.v1", "cri")  # 1.x: no version
+
+
+@pytest.mark.parametrize("version", [1, 4, "3", True])
+def test_a_dump_of_an_unknown_version_is_an_input_error(version: object) -> None:
+    with pytest.raises(InputError, match=r"^containerd config dump: config version .* not 2 or 3"):
+        DumpedConfig.of({"version": version})
+
+
 # --- against a real containerd ------------------------------------------------------------
 
+CONTAINERDS = [suite for kind, suite in MATRIX if kind == "containerd"]
 
-@pytest.fixture
-def containerd() -> Iterator[Containerd]:
+
+@pytest.fixture(params=CONTAINERDS, ids=[f"containerd-{s}" for s in CONTAINERDS])
+def containerd(request: pytest.FixtureRequest) -> Iterator[Containerd]:
+    """A running containerd of the matrix, with the operator's settings in its native
+    config version; this process's PATH finds that containerd too (the engine under a
+    --root without one asks this machine's for ``config dump``)."""
     reason = needs_containerd()
     if reason:
         skip_or_fail("containerd", reason)
-    c = Containerd(Path(tempfile.mkdtemp(prefix="nac.", dir="/tmp")))
+    try:
+        rt = runtime("containerd", request.param)
+    except FetchError as e:
+        skip_or_fail(f"containerd of {request.param}", str(e))
+    c = Containerd(Path(tempfile.mkdtemp(prefix="nac.", dir="/tmp")), rt)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PATH", f"{c.path_prefix}:{os.environ['PATH']}")
     write_runtime_standin(c.root)
     c.config.parent.mkdir(parents=True)
-    c.config.write_text(c.base_toml() + HOST_CRI)
+    c.config.write_text(c.base_toml() + host_cri(c.config_version))
     try:
         assert c.start(), c.log.read_text()
         yield c
     finally:
         c.teardown()
+        mp.undo()
 
 
 def engine(c: Containerd, **options: Any) -> ContainerdEngine:
@@ -230,12 +360,9 @@ def engine(c: Containerd, **options: Any) -> ContainerdEngine:
     return ContainerdEngine(Config(runtime=rt), HostRoot(c.root))
 
 
-def dump(c: Containerd) -> dict[str, Any]:
-    out = subprocess.run(
-        ["containerd", "--config", str(c.config), "config", "dump"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return dict(tomlkit.parse(out.stdout).unwrap())
+def dump(c: Containerd) -> DumpedConfig:
+    """What ``c``'s containerd loads from its config.toml and imports."""
+    return DumpedConfig.of(tomlkit.parse(c.config_dump()).unwrap())
 
 
 @pytest.mark.containerd
@@ -255,14 +382,14 @@ def test_configure_restarts_containerd_into_the_nvidia_runtime_keeping_host_sett
     assert result.verified and result.activation == Activation.RESTART
     assert c.pid != before_pid  # restarted
     assert c.cri_status() == "ok"
-    cri = dump(c)["plugins"]["io.containerd.grpc.v1.cri"]
-    assert cri["sandbox_image"] == "registry.example.com/pause:3.9"
-    assert cri["containerd"]["default_runtime_name"] == "nvidia"
-    nvidia = cri["containerd"]["runtimes"]["nvidia"]
-    assert nvidia["options"]["BinaryName"] == "/usr/bin/nvidia-container-runtime"
-    assert nvidia["options"]["SystemdCgroup"] is True
-    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
-    assert dump(c)["root"] == f"{c.base}/data"
+    loaded = dump(c)
+    assert loaded.version == c.config_version
+    assert loaded.sandbox_image == "registry.example.com/pause:3.9"
+    assert loaded.default_runtime_name == "nvidia"
+    assert loaded.runtimes["nvidia"].binary_name == "/usr/bin/nvidia-container-runtime"
+    assert loaded.systemd_cgroup("nvidia") is True
+    assert loaded.systemd_cgroup("runc") is True
+    assert loaded.root == f"{c.base}/data"
 
     # Idempotent: nothing to write, no restart.
     mtimes = {
@@ -279,22 +406,30 @@ def test_configure_restarts_containerd_into_the_nvidia_runtime_keeping_host_sett
 
 @pytest.mark.containerd
 def test_a_host_edit_of_config_toml_flows_into_the_drop_in(containerd: Containerd) -> None:
+    """The operator changes the sandbox image and runc's cgroup driver in config.toml: the
+    drop-in's copy of the runtime section (and the nvidia runtime following runc) takes
+    both on the next run (in version 3 the sandbox image is another plugin's, read by
+    containerd from config.toml itself)."""
     c = containerd
     eng = engine(c)
     eng.apply(eng.plan(eng.read()))
-    c.config.write_text(c.config.read_text().replace("pause:3.9", "pause:3.10"))
+    edited = c.config.read_text().replace("pause:3.9", "pause:3.10")
+    c.config.write_text(edited.replace("SystemdCgroup = true", "SystemdCgroup = false"))
     plan = eng.plan(eng.read())
     assert [ch.host_path for ch in plan.changes] == ["/etc/containerd/conf.d/99-nvidia.toml"]
     assert eng.apply(plan).verified
-    assert dump(c)["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"].endswith("pause:3.10")
+    loaded = dump(c)
+    assert loaded.sandbox_image == "registry.example.com/pause:3.10"
+    assert (loaded.systemd_cgroup("runc"), loaded.systemd_cgroup("nvidia")) == (False, False)
 
 
 @pytest.mark.containerd
 def test_a_config_containerd_refuses_is_never_restarted_into(containerd: Containerd) -> None:
     c = containerd
     # Valid TOML, but containerd cannot load a string into oom_score (an int).
-    original = c.base_toml().replace("version = 2\n", 'version = 2\noom_score = "high"\n')
-    original += HOST_CRI
+    version = f"version = {c.config_version}\n"
+    original = c.base_toml().replace(version, f'{version}oom_score = "high"\n')
+    original += host_cri(c.config_version)
     c.config.write_text(original)
     pid = c.pid
     eng = engine(c)
@@ -327,9 +462,10 @@ def test_rollback_removes_the_runtime_and_restarts(containerd: Containerd) -> No
     assert result.activation == Activation.RESTART
     assert c.config.read_text() == original
     assert not (c.config.parent / "conf.d" / "99-nvidia.toml").exists()
-    cri = dump(c)["plugins"]["io.containerd.grpc.v1.cri"]
-    assert "nvidia" not in cri["containerd"]["runtimes"]
-    assert cri["containerd"]["default_runtime_name"] == "runc"
+    loaded = dump(c)
+    assert "nvidia" not in loaded.runtimes
+    assert loaded.default_runtime_name == "runc"
+    assert loaded.sandbox_image == "registry.example.com/pause:3.9"
     assert c.cri_status() == "ok"
     again = eng.rollback()  # nothing left to undo, and it says so
     assert again.written == () and again.message.startswith("nothing of nodeagent's to undo")
@@ -343,7 +479,9 @@ def test_a_stale_nvidia_entry_is_brought_in_line_and_pods_config_loads(
     and an empty runtime_type. In place, the restarted containerd's CRI plugin loads and
     the nvidia runtime follows runc; rollback restores the old file and restarts."""
     c = containerd
-    original = c.base_toml() + STALE_NVIDIA.removeprefix("version = 2\n")
+    original = c.base_toml() + in_version(
+        STALE_NVIDIA.removeprefix("version = 2\n"), c.config_version
+    )
     c.config.write_text(original)
     assert c.restart()
     eng = engine(c, use_drop_in=False)
@@ -352,11 +490,10 @@ def test_a_stale_nvidia_entry_is_brought_in_line_and_pods_config_loads(
     result = eng.apply(eng.plan(facts))
     assert result.verified and result.activation == Activation.RESTART
     assert c.cri_status() == "ok"
-    cri = dump(c)["plugins"]["io.containerd.grpc.v1.cri"]
-    nvidia = cri["containerd"]["runtimes"]["nvidia"]
-    assert nvidia["runtime_type"] == ct.RUNC_V2
-    assert nvidia["options"]["SystemdCgroup"] is True
-    assert nvidia["privileged_without_host_devices"] is True  # its own key, kept
+    nvidia = dump(c).runtimes["nvidia"]
+    assert nvidia.runtime_type == ct.RUNC_V2
+    assert nvidia.systemd_cgroup is True
+    assert nvidia.privileged_without_host_devices is True  # its own key, kept
     assert runtime_mismatches(eng.read(), "nvidia") == ()
     undone = eng.rollback()
     assert undone.activation == Activation.RESTART and c.config.read_text() == original
@@ -372,10 +509,14 @@ def test_in_place_mode_edits_config_toml_keeping_comments(containerd: Containerd
     text = c.config.read_text()
     assert "# the operator's settings: nodeagent must keep every one of them" in text
     assert not (c.config.parent / "conf.d").exists()
-    cri = dump(c)["plugins"]["io.containerd.grpc.v1.cri"]
-    assert cri["containerd"]["default_runtime_name"] == "nvidia"
-    assert cri["sandbox_image"] == "registry.example.com/pause:3.9"
+    loaded = dump(c)
+    assert loaded.version == c.config_version
+    assert loaded.default_runtime_name == "nvidia"
+    assert loaded.sandbox_image == "registry.example.com/pause:3.9"
     assert not eng.plan(eng.read()).changed
+    undone = eng.rollback()  # in place: config.toml back from its backup, restarted
+    assert undone.activation == Activation.RESTART
+    assert "nvidia" not in dump(c).runtimes and c.cri_status() == "ok"
 
 
 @pytest.mark.containerd
@@ -720,14 +861,15 @@ INPUTS: dict[str, Any] = {
 }
 
 
-def real_dump(root: Path) -> dict[str, Any]:
-    """The real containerd's view of the root's files (their imports are relative)."""
+def real_dump(root: Path) -> DumpedConfig:
+    """The real containerd's view of the root's files (their imports are relative): the
+    first ``containerd`` on PATH, run from / as under systemd."""
     out = subprocess.run(
         ["containerd", "--config", str(root / CONFIG[1:]), "config", "dump"],
         capture_output=True, text=True, cwd="/",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    return dict(tomlkit.parse(out.stdout).unwrap())
+    return DumpedConfig.of(tomlkit.parse(out.stdout).unwrap())
 
 
 @pytest.mark.parametrize("set_default", [True, False], ids=["default", "no-default"])
@@ -740,6 +882,14 @@ def test_what_the_agent_writes_loads_converges_and_rolls_back_exactly(
     if reason:
         skip_or_fail("containerd", reason)
     text = INPUTS[name]() if callable(INPUTS[name]) else INPUTS[name]
+    writes_loads_converges_and_rolls_back(tmp_path, text, use_drop_in, set_default)
+
+
+def writes_loads_converges_and_rolls_back(
+    tmp_path: Path, text: Optional[str], use_drop_in: bool, set_default: bool
+) -> DumpedConfig:
+    """Configure ``text`` as config.toml, check what the first containerd on PATH loads,
+    converge, roll back to every byte; what containerd loaded is returned."""
     root = make_root(tmp_path)
     cfg = root / CONFIG[1:]
     if text is not None:
@@ -751,14 +901,13 @@ def test_what_the_agent_writes_loads_converges_and_rolls_back_exactly(
     assert result.written and result.activation == Activation.NONE
 
     # containerd loads it: the nvidia runtime as asked, following runc, with a type.
-    cri = real_dump(root)["plugins"]["io.containerd.grpc.v1.cri"]
-    ctd = cri["containerd"]
-    nvidia = ctd["runtimes"]["nvidia"]
-    assert nvidia["runtime_type"] == ct.RUNC_V2
-    assert nvidia["options"]["BinaryName"] == NVIDIA_BIN
-    assert (ctd["default_runtime_name"] == "nvidia") is set_default
-    assert ct.cri_mismatches(cri, "nvidia") == ()
-    if name == "comment-only CRLF":
+    loaded = real_dump(root)
+    nvidia = loaded.runtimes["nvidia"]
+    assert nvidia.runtime_type == ct.RUNC_V2
+    assert nvidia.binary_name == NVIDIA_BIN
+    assert (loaded.default_runtime_name == "nvidia") is set_default
+    assert loaded.mismatches("nvidia") == ()
+    if text is not None and "\r\n" in text:
         assert b"\r\n" in cfg.read_bytes() and b"\n" not in cfg.read_bytes().replace(b"\r\n", b"")
 
     # The agent accepts it and has nothing more to do; check finds no mismatch.
@@ -774,6 +923,118 @@ def test_what_the_agent_writes_loads_converges_and_rolls_back_exactly(
         assert not cfg.exists()
     second = eng.rollback()
     assert second.written == () and "nothing" in second.message
+    return loaded
+
+
+# --- config version 3, proven against a real containerd 2.x ------------------------------------
+
+
+@pytest.fixture
+def containerd_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Containerd:
+    """containerd 2.x of the matrix (sid) first on this process's PATH: the one the engine
+    (under a --root without its own) and :func:`real_dump` run. Nothing is started."""
+    reason = needs_containerd()
+    if reason:
+        skip_or_fail("containerd", reason)
+    try:
+        rt = runtime("containerd", "sid")
+    except FetchError as e:
+        skip_or_fail("containerd of sid", str(e))
+    c = Containerd(tmp_path / "containerd-2", rt.path_prefix)
+    assert c.config_version == 3, c.version
+    monkeypatch.setenv("PATH", f"{c.path_prefix}:{os.environ['PATH']}")
+    return c
+
+
+def containerd_2_default() -> str:
+    """``containerd config default`` of containerd 2.x: a full version 3 file."""
+    out = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("version = 3"), out.stderr
+    return out.stdout
+
+
+V3_INPUTS: dict[str, Any] = {
+    "absent": None,  # nodeagent writes version 2: containerd 2.x migrates it
+    "version 2 host settings": "version = 2\n" + HOST_CRI,  # migrated too
+    "host settings": "version = 3\n" + HOST_CRI_V3,
+    "host settings CRLF": ("version = 3\n" + HOST_CRI_V3).replace("\n", "\r\n"),
+    "inherited empty runtime_type": in_version(EMPTY_TYPE, 3).replace("version = 2", "version = 3"),
+    "stale nvidia entry": in_version(STALE_NVIDIA, 3).replace("version = 2", "version = 3"),
+    "containerd config default": containerd_2_default,
+}
+
+
+@pytest.mark.containerd
+@pytest.mark.parametrize("set_default", [True, False], ids=["default", "no-default"])
+@pytest.mark.parametrize("use_drop_in", [True, False], ids=["drop-in", "in-place"])
+@pytest.mark.parametrize("name", sorted(V3_INPUTS))
+def test_containerd_2_loads_what_the_agent_writes_and_it_rolls_back_exactly(
+    containerd_2: Containerd, tmp_path: Path, name: str, use_drop_in: bool, set_default: bool
+) -> None:
+    """Version 3 configs (and version 2 ones, which containerd 2.x migrates) on the real
+    containerd 2.x: drop-in and in-place, loaded, converged, rolled back to every byte."""
+    text = V3_INPUTS[name]() if callable(V3_INPUTS[name]) else V3_INPUTS[name]
+    loaded = writes_loads_converges_and_rolls_back(tmp_path, text, use_drop_in, set_default)
+    assert loaded.version == 3  # what containerd 2.x made of it
+    if "host settings" in name:
+        assert loaded.sandbox_image == "registry.example.com/pause:3.9"
+        assert loaded.systemd_cgroup("nvidia") is True
+
+
+@pytest.mark.containerd
+def test_containerd_2_imports_are_carried_and_rolled_back(
+    containerd_2: Containerd, tmp_path: Path
+) -> None:
+    """A version 3 config.toml importing a glob of site files: the site's runtime section
+    is carried into the drop-in (merged after it), containerd 2.x loads all of it, and
+    rollback leaves every file as it was."""
+    root = make_root(
+        tmp_path, 'version = 3\nimports = ["/etc/containerd/site.d/*.toml"]\n' + HOST_CRI_V3
+    )
+    site = root / "etc/containerd/site.d"
+    site.mkdir()
+    (site / "10-site.toml").write_text(
+        f'version = 3\n[plugins."{ct.CRI_PLUGIN[3]}"]\n  enable_cdi = true\n'
+        f'  cdi_spec_dirs = ["/etc/site-cdi"]\n'
+        f'[plugins."{ct.CRI_PLUGIN[3]}".containerd.runtimes.kata]\n'
+        '  runtime_type = "io.containerd.kata.v2"\n'
+    )
+    before = snapshot(root)
+    eng = offline(root)
+    plan = eng.plan(eng.read())
+    assert {c.host_path for c in plan.changes} == {CONFIG, DROP_IN}
+    drop_in = next(c for c in plan.changes if c.host_path == DROP_IN)
+    assert drop_in.new is not None
+    carried = tomlkit.parse(drop_in.new).unwrap()["plugins"][ct.CRI_PLUGIN[3]]
+    assert carried["enable_cdi"] is True and "kata" in carried["containerd"]["runtimes"]
+    eng.apply(plan)
+    loaded = real_dump(root)
+    assert {"runc", "kata", "nvidia"} <= set(loaded.runtimes)
+    assert loaded.default_runtime_name == "nvidia"
+    assert (loaded.enable_cdi, loaded.cdi_spec_dirs) == (True, ("/etc/site-cdi",))
+    assert loaded.sandbox_image == "registry.example.com/pause:3.9"
+    assert not eng.plan(eng.read()).changed
+    eng.rollback()
+    assert snapshot(root) == before
+    assert "nvidia" not in real_dump(root).runtimes
+
+
+@pytest.mark.containerd
+def test_containerd_2_drops_a_version_2_import_into_a_version_3_config(
+    containerd_2: Containerd, tmp_path: Path
+) -> None:
+    """Why the drop-in always has config.toml's version: containerd 2.x migrates a version 2
+    import, but drops its runtimes when the version 3 config.toml defines the runtime
+    plugin itself (seen with 2.1), so a drop-in of the wrong version would configure
+    nothing there."""
+    root = make_root(tmp_path, 'version = 3\nimports = ["conf.d/99-nvidia.toml"]\n' + HOST_CRI_V3)
+    (root / DROP_IN[1:]).parent.mkdir()
+    (root / DROP_IN[1:]).write_text(in_version(STALE_NVIDIA, 2))
+    assert "nvidia" not in real_dump(root).runtimes
+    eng = offline(root)
+    eng.apply(eng.plan(eng.read()))  # rewritten in version 3
+    assert tomlkit.parse((root / DROP_IN[1:]).read_text())["version"] == 3
+    assert real_dump(root).default_runtime_name == "nvidia"
 
 
 def test_a_comment_only_config_gets_a_version_with_its_import() -> None:
@@ -949,8 +1210,7 @@ def test_a_kill_at_any_step_leaves_a_config_containerd_loads_and_the_next_run_co
             real_dump(root)  # containerd loads whatever the kill left
             again = run_cli(root, *args)
             assert again.returncode == 0, again.stderr
-            cri = real_dump(root)["plugins"]["io.containerd.grpc.v1.cri"]
-            assert ("nvidia" in cri["containerd"]["runtimes"]) is (command == "configure")
+            assert ("nvidia" in real_dump(root).runtimes) is (command == "configure")
             if command == "rollback":
                 assert (root / CONFIG[1:]).read_text() == original
                 assert not (root / DROP_IN[1:]).exists()
@@ -1032,8 +1292,7 @@ def test_a_relative_glob_import_is_containerds_not_config_tomls_directory(tmp_pa
     plan = eng.plan(eng.read())
     assert {c.host_path for c in plan.changes} == {CONFIG, DROP_IN}
     eng.apply(plan)
-    cri = real_dump(root)["plugins"]["io.containerd.grpc.v1.cri"]  # containerd runs in /
-    assert "nvidia" in cri["containerd"]["runtimes"]
+    assert "nvidia" in real_dump(root).runtimes  # containerd runs in /
 
 
 @pytest.mark.parametrize("entry", ["/../../outside.toml", "../../../outside.toml"])

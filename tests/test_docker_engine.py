@@ -3,6 +3,11 @@
 Every dockerd here has its own data root, exec root, socket and pidfile under a temp dir;
 the machine's /etc/docker is never touched. Restarts go through `tests/dockerd.py restart`,
 the stand-in for `systemctl restart docker`; reloads are a SIGHUP to the pidfile's pid.
+
+The tests against a running dockerd run on each docker of the runtime matrix
+(tests/runtimes.py: 20.10, 26.1 and 28.5 from the Debian suites, each with its suite's
+docker CLI and containerd; ids ``docker-bookworm`` ...); the tests of the write path without
+a dockerd run once.
 """
 
 from __future__ import annotations
@@ -28,20 +33,30 @@ from nodeagent.host.paths import HostRoot
 from nodeagent.host.service import ServiceControl
 from nodeagent.runtime.docker.engine import DockerEngine
 from nodeagent.runtime.engine import Activation
+from tests.debcache import FetchError
 from tests.dockerd import BASE_CONFIG, Dockerd, needs_dockerd, write_runtime_standin
 from tests.realparts import skip_or_fail
+from tests.runtimes import MATRIX, runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture
-def dockerd() -> Iterator[Dockerd]:
+DOCKERS = [suite for kind, suite in MATRIX if kind == "docker"]
+
+
+@pytest.fixture(params=DOCKERS, ids=[f"docker-{s}" for s in DOCKERS])
+def dockerd(request: pytest.FixtureRequest) -> Iterator[Dockerd]:
+    """A dockerd of the matrix (not started), with the operator's daemon.json."""
     reason = needs_dockerd()
     if reason:
         skip_or_fail("dockerd", reason)
-    d = Dockerd(Path(tempfile.mkdtemp(prefix="nad.", dir="/tmp")))
+    base = Path(tempfile.mkdtemp(prefix="nad.", dir="/tmp"))
+    try:
+        d = Dockerd(base, runtime("docker", request.param))
+    except FetchError as e:
+        skip_or_fail(f"docker of {request.param}", str(e))
     write_runtime_standin(d.root)
     d.config.parent.mkdir(parents=True)
     d.config.write_text(
@@ -612,7 +627,10 @@ def test_rollback_of_a_malformed_file_restarts_only_when_allowed(dockerd: Docker
     assert eng.apply(eng.plan(eng.read())).verified
     dockerd.config.write_text('{"runtimes": null')  # a bad edit: what docker runs is unknown
     dockerd.import_busybox()
-    box = dockerd.docker("run", "-d", "--network", "none", "bb:local", "sleep", "600")
+    # (stopped within 1 s when dockerd restarts, not docker's default 10 s)
+    box = dockerd.docker(
+        "run", "-d", "--stop-timeout", "1", "--network", "none", "bb:local", "sleep", "600"
+    )
     pid = dockerd.pid
     # a container runs and live-restore is off: written, not restarted, and said so
     result = engine(dockerd).rollback()

@@ -1,5 +1,6 @@
 """dcgm-exporter compatible per-GPU series: the simulated 8x H100 through the real pynvml,
-rendered, served over HTTP, linted by promtool and scraped by a real Prometheus."""
+rendered, served over HTTP, linted by promtool and scraped by a real Prometheus, with the
+pod that holds a GPU from the kubelet's pod-resources API (served by grpcio)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import json
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +27,9 @@ from nodeagent.gpu.events import XidEvent
 from nodeagent.gpu.inventory import Inventory
 from nodeagent.gpu.nvml import detect
 from nodeagent.host.paths import HostRoot
+from nodeagent.kube.podresources import DEFAULT_SOCKET as SOCK
 from tests.fakeclock import FakeClock
+from tests.podresources_peer import PodResourcesPeer, holding
 from tests.realparts import skip_or_fail
 
 HOST = "node-a"
@@ -150,14 +155,29 @@ def query(port: int, promql: str) -> list[dict[str, Any]]:
     return list(doc["data"]["result"])
 
 
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A --root short enough for a unix socket path (107 bytes), removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="prom-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_real_prometheus_scrapes_gpu_util(
-    h100: tuple[Inventory, dict[str, Any]], telemetry: Telemetry, tmp_path: Path
+    h100: tuple[Inventory, dict[str, Any]], short_root: Path, tmp_path: Path
 ) -> None:
+    """GPU 0 is held by a pod (the kubelet's pod-resources API served by grpcio): its
+    series carry namespace, pod and container, which an HPA's query selects on."""
     binary = "/usr/bin/prometheus"
     if not Path(binary).exists():
         skip_or_fail("prometheus", "prometheus not installed (apt-get install prometheus)")
     inv, data = h100
-    telemetry.detected(inv, HOST)
+    telemetry = Telemetry(Notifier(None), HostRoot(short_root), FakeClock(), lambda: SOCK)
+    pod = holding("ml", "train-0", "cuda", data["gpus"][0]["uuid"])
+    with PodResourcesPeer(short_root / SOCK.lstrip("/"), (pod,)):
+        telemetry.detected(inv, HOST)
     with telemetry.metrics.serve("127.0.0.1", 0) as srv:
         config = tmp_path / "prometheus.yml"
         config.write_text(
@@ -191,6 +211,12 @@ def test_real_prometheus_scrapes_gpu_util(
             metric = result[0]["metric"]
             assert metric["UUID"] == data["gpus"][0]["uuid"] and metric["Hostname"] == HOST
             assert float(result[0]["value"][1]) == data["gpus"][0]["utilization_gpu_pct"]
+            held = query(
+                port, 'DCGM_FI_DEV_GPU_UTIL{namespace="ml",pod="train-0",container="cuda"}'
+            )
+            assert [r["metric"]["gpu"] for r in held] == ["0"]
+            free = query(port, 'DCGM_FI_DEV_GPU_UTIL{pod=""}')  # no pod holds them
+            assert sorted(r["metric"]["gpu"] for r in free) == [str(i) for i in range(1, 8)]
         finally:
             proc.terminate()
             try:

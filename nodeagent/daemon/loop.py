@@ -11,7 +11,8 @@ exporter that writes conditions), and what each owns:
 * **the XID watcher** (:class:`nodeagent.gpu.events.XidWatcher`) — blocks on NVML's event
   set; a critical XID is recorded in the shared state and wakes the reporter at once;
 * **the reporter** (:mod:`nodeagent.daemon.reporter`) — the only thread that talks to the
-  API server.
+  API server, and to the kubelet's pod-resources socket (one ``List`` each time it refreshes
+  the per-GPU series, for their pod labels).
 
 What they share lives in :class:`~nodeagent.daemon.state.State` (one lock); an apply runs
 under ``_applying`` (one at a time); the watcher handle under ``_watcher_lock``; everything
@@ -74,7 +75,9 @@ class Daemon:
         self._load_config = load_config
         self._clock = clock
         self.state = State(load_config(), root)
-        self.telemetry = Telemetry(notifier, root, clock)
+        self.telemetry = Telemetry(  # its pod source is the reporter's, re-reading the config
+            notifier, root, clock, lambda: self.state.current().cfg.daemon.pod_resources_socket
+        )
         self._stop = threading.Event()
         self._wake_main = threading.Event()
         self._hup = threading.Event()  # a reload was asked for (SIGHUP)

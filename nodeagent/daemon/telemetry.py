@@ -1,11 +1,14 @@
 """What the daemon tells Prometheus and systemd: its metrics (one table, :data:`METRICS`),
 the ``STATUS=`` line for an apply, and the node-exporter textfile; and the per-GPU series
-under dcgm-exporter's names and labels (one table, :data:`DCGM`; docs/operations.md).
+under dcgm-exporter's names and labels (one table, :data:`DCGM`; docs/operations.md), with
+the pod that holds each GPU (:class:`PodSource`, the kubelet's pod-resources API).
 
 Called from every daemon thread: the registry and the notifier lock themselves, and the
 textfile writes are serialised by :meth:`Metrics.write_textfile`. Holds no other state than
-the last XID seen per GPU and the last inventory's GPU labels (under its own lock).
-Touches one host file, ``daemon.metrics_textfile``.
+the last XID seen per GPU and the last inventory's GPU labels (under its own lock), and the
+:class:`PodSource`, which only the thread calling :meth:`Telemetry.detected` (the
+reporter) uses. Touches one host file, ``daemon.metrics_textfile``, and one socket, the
+kubelet's ``daemon.pod_resources_socket`` (through :mod:`nodeagent.kube.podresources`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from nodeagent.gpu.inventory import GPU, Inventory
 from nodeagent.host.clock import Clock
 from nodeagent.host.paths import HostRoot
 from nodeagent.kube.node import ConditionStatus
+from nodeagent.kube.podresources import (
+    Attribution,
+    Failure,
+    PodResourcesError,
+    attribute,
+    list_pods,
+)
 from nodeagent.log import get_logger
 from nodeagent.walk.steps import Outcome, Status
 
@@ -43,6 +53,11 @@ METRICS = (
     ("xid_active", "gauge", "1 while a critical XID is not recovered from, by GPU"),
     ("api_errors", "counter", "reports to the API server that failed after their retries"),
     ("api_writes", "counter", "writes to the API server (label/status patches, events)"),
+    (
+        "pod_resources_success",
+        "gauge",
+        "1 if the last List of the kubelet's pod-resources API answered (absent when off)",
+    ),
 )
 
 
@@ -113,6 +128,54 @@ def gpu_labels(g: GPU, hostname: str) -> dict[str, str]:
     }
 
 
+class PodSource:
+    """Which pod holds each GPU, asked of the kubelet each time the per-GPU series are
+    refreshed.
+
+    Owned by the one thread that calls :meth:`refresh` (the reporter, through
+    :meth:`Telemetry.detected`). ``socket_path`` gives the current
+    ``daemon.pod_resources_socket`` ("" is off), read at each refresh so a reload takes
+    effect. A failure is logged once per change of state (reason, gRPC code), not at every
+    refresh; the GPUs then carry no pod labels, as dcgm-exporter's do when no pod holds them.
+    """
+
+    def __init__(self, root: HostRoot, socket_path: Callable[[], str]) -> None:
+        self._root = root
+        self._socket_path = socket_path
+        self._said: Optional[tuple[str, ...]] = None  # the state last logged
+        self._said_unmapped: tuple[str, ...] = ()
+
+    def refresh(self, inv: Inventory) -> tuple[Attribution, Optional[bool]]:
+        """(the attribution, whether the List answered: None when off)."""
+        path = self._socket_path()
+        if not path:
+            if self._changed(str(Failure.OFF)):
+                log.info("daemon.pod_resources_off")
+            return Attribution({}), None
+        try:
+            listing = list_pods(self._root, path)
+        except PodResourcesError as e:
+            if self._changed(str(e.reason), str(e.grpc_code)):
+                say = log.info if e.reason is Failure.SOCKET_ABSENT else log.warning
+                say("daemon.pod_resources_unavailable", reason=str(e.reason), error=str(e))
+            return Attribution({}), False
+        found = attribute(listing.response, inv)
+        if self._changed("ok", listing.api):
+            log.info("daemon.pod_resources", api=listing.api, socket=path)
+        if found.unmapped != self._said_unmapped:
+            self._said_unmapped = found.unmapped
+            if found.unmapped:
+                log.warning("daemon.pod_resources_unmapped", device_ids=list(found.unmapped))
+        return found, True
+
+    def _changed(self, *state: str) -> bool:
+        """Whether ``state`` differs from the last one seen (which it then becomes)."""
+        if state == self._said:
+            return False
+        self._said = state
+        return True
+
+
 def apply_status(outcome: Outcome) -> str:
     """The ``STATUS=`` line after an apply: the first failure, or what changed."""
     if outcome.failed:
@@ -125,7 +188,13 @@ def apply_status(outcome: Outcome) -> str:
 class Telemetry:
     """The daemon's metrics registry and systemd notifier, with the daemon's wording."""
 
-    def __init__(self, notifier: Notifier, root: HostRoot, clock: Clock) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        root: HostRoot,
+        clock: Clock,
+        pod_socket: Callable[[], str] = lambda: "",
+    ) -> None:
         self.notifier = notifier
         self.metrics = Metrics("nodeagent")
         for name, kind, help_text in METRICS:
@@ -138,6 +207,7 @@ class Telemetry:
         self._lock = threading.Lock()  # detected() (reporter) and xid() (watcher) race
         self._gpu_labels: dict[int, dict[str, str]] = {}  # by index, from the last inventory
         self._last_xid: dict[str, int] = {}  # by UUID: a GPU that comes back keeps its value
+        self._pods = PodSource(root, pod_socket)  # the caller of detected()'s (the reporter)
 
     def up(self, running: bool) -> None:
         self.metrics.set("up", 1 if running else 0, {"version": __version__})
@@ -150,11 +220,21 @@ class Telemetry:
     def detected(self, inv: Inventory, hostname: Optional[str] = None) -> None:
         """A re-detect: the GPU counts and every per-GPU series, replaced whole so a GPU
         that is gone has no series left. ``hostname``: the ``Hostname`` label (default: the
-        host's name, as dcgm-exporter uses)."""
+        host's name, as dcgm-exporter uses). A GPU a container holds also gets ``namespace``,
+        ``pod`` and ``container`` (one List of the kubelet's pod-resources API per call)."""
         self.metrics.set("gpus", len(inv.gpus))
         self.metrics.set("gpus_usable", len(inv.healthy_gpus))
         host = hostname if hostname is not None else socket.gethostname()
-        labelled = [(g, gpu_labels(g, host)) for g in inv.gpus]
+        held, answered = self._pods.refresh(inv)
+        if answered is None:
+            self.metrics.replace("pod_resources_success", [])
+        else:
+            self.metrics.set("pod_resources_success", 1 if answered else 0)
+        labelled = []
+        for g in inv.gpus:
+            labels = gpu_labels(g, host)
+            ref = held.by_gpu.get(g.index)
+            labelled.append((g, labels if ref is None else {**labels, **ref.labels()}))
         for name, _, _, read in DCGM:
             samples = [(lb, float(v)) for g, lb in labelled if (v := read(g)) is not None]
             self.metrics.replace(name, samples)

@@ -12,7 +12,9 @@ runtime and the device plugin, the NVML health signals of :mod:`nodeagent.gpu.in
 count (:func:`gpu_problems`: the NVLink fabric, row remapping, NVIDIA's recovery action,
 retired pages, uncorrectable ECC); :func:`gpu_warnings` are the signals that never make it
 False (persistence mode off, hardware clock slowdowns, a degraded fabric, an unreadable
-signal). The precedence is :func:`assess`'s order, documented in docs/operations.md.
+signal). When the runtime consumes CDI, its ``nvidia.com/gpu`` spec counts too (the
+verdict of :func:`nodeagent.runtime.cdi.judge`: ``CDISpecMissing``, ``CDISpecInvalid``,
+``CDISpecStale``). The precedence is :func:`assess`'s order, documented in docs/operations.md.
 
 Pure: no I/O. May import the GPU inventory and the Node view; never the client or the walk.
 """
@@ -40,6 +42,7 @@ from nodeagent.gpu.inventory import (
 )
 from nodeagent.gpu.xid import describe
 from nodeagent.kube.node import ConditionStatus
+from nodeagent.runtime.cdi import Verdict
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
@@ -287,6 +290,7 @@ class Facts:
     require_device_plugin: bool = True
     xid: Optional[int] = None  # a critical XID seen and not yet recovered from
     xid_gpu: Optional[int] = None  # the GPU it was reported on, when NVML said
+    cdi: Optional[Verdict] = None  # the CDI spec's verdict; None: not judged
 
 
 def _problem(f: Finding) -> Readiness:
@@ -296,7 +300,8 @@ def _problem(f: Finding) -> Readiness:
 def assess(f: Facts) -> Readiness:
     """The condition the node should carry. Checks in the order an operator fixes them:
     the driver, a GPU NVML cannot read, the GPUs' hardware health (replace > reboot > reset
-    > drain), a critical XID, the NVLink fabric, the runtime, the device plugin."""
+    > drain), a critical XID, the NVLink fabric, the runtime, its CDI spec, the device
+    plugin."""
     inv = f.inventory
     if inv.state == STATE_NO_DRIVER:
         return Readiness(
@@ -340,6 +345,8 @@ def assess(f: Facts) -> Readiness:
             "RuntimeNotConfigured",
             f.runtime_message or "nvidia runtime not configured",
         )
+    if f.cdi is not None and f.cdi.reason is not None:
+        return Readiness(ConditionStatus.FALSE, f.cdi.reason.value, f.cdi.message)
     if f.require_device_plugin:
         if f.capacity is None:
             return Readiness(

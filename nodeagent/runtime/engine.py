@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 
 from nodeagent.host.change import FileChange
 from nodeagent.host.service import Activated, Activation
+from nodeagent.runtime.cdi import Use
 
 __all__ = ["Activation", "ApplyResult", "Engine", "F", "Facts", "Plan"]
 
@@ -109,4 +110,9 @@ class Engine(Protocol[F]):
 
     def rollback(self) -> ApplyResult:
         """Put back what the engine last changed, then reload/restart as needed."""
+        ...
+
+    def cdi_use(self, facts: F) -> Use:
+        """Whether the runtime consumes CDI devices, and from which spec directories
+        (asks the running daemon, or its merged config)."""
         ...

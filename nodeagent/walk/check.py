@@ -44,6 +44,7 @@ from nodeagent.walk.steps import Phase, RuntimeState
 
 if TYPE_CHECKING:
     from nodeagent.config import Config
+    from nodeagent.runtime.cdi import CDIFacts
     from nodeagent.runtime.engine import Engine, Plan
 
 log = get_logger(__name__)
@@ -219,7 +220,12 @@ class Facts:
         verdict = live_runtime(
             engine.name, verified=self.runtime_verified, running=not self.runtime_stopped
         )
-        return verdict.state
+        return dataclasses.replace(verdict.state, cdi=self.cdi)
+
+    @functools.cached_property
+    def cdi(self) -> Optional[CDIFacts]:
+        """The runtime's CDI: whether it consumes it, and its spec files (None: no runtime)."""
+        return self.agent.read_cdi() if self.engine.value is not None else None
 
     @functools.cached_property
     def labels(self) -> dict[str, str]:
@@ -444,6 +450,30 @@ def probe_runtime_daemon(f: Facts) -> ProbeResult:
     )
 
 
+def probe_cdi(f: Facts) -> ProbeResult:
+    """When the runtime consumes CDI: its ``nvidia.com/gpu`` spec parses and names every
+    GPU NVML sees, and nothing it mounts is gone (GPUReady is False otherwise)."""
+    from nodeagent.runtime import cdi
+
+    facts = f.cdi
+    if facts is None:
+        return ProbeResult("cdi", SKIP, f.engine.why or "the runtime could not be read")
+    verdict = cdi.judge(facts, f.inventory)
+    if verdict.state is cdi.State.NOT_USED:
+        return ProbeResult("cdi", SKIP, f"CDI not used: {verdict.message}")
+    if verdict.state is cdi.State.FRESH:
+        return ProbeResult("cdi", PASS, verdict.message)
+    target = verdict.path or f.cfg.runtime.cdi_spec
+    generate = f"`nvidia-ctk cdi generate --output={target}`"
+    if verdict.state is cdi.State.INVALID:
+        hint = f"fix or remove {target}; {generate} writes a new one"
+    elif f.root.which(f.cfg.runtime.nvidia_ctk) is not None:
+        hint = f"`nodeagent apply` regenerates it (or run {generate})"
+    else:
+        hint = f"install nvidia-container-toolkit, then run {generate}"
+    return ProbeResult("cdi", FAIL, f"{verdict.reason}: {verdict.message}", hint)
+
+
 def probe_kubelet_args(f: Facts) -> ProbeResult:
     if f.inventory.state != STATE_OK and not f.cfg.no_gpu_is_error:
         return ProbeResult("kubelet-args", SKIP, "CPU node")
@@ -628,6 +658,7 @@ PROBES: tuple[tuple[str, Probe, frozenset[Phase]], ...] = (
     ("runtime-binary", probe_runtime_binary, frozenset({Phase.BOOTSTRAP})),
     ("runtime-config", probe_runtime_config, frozenset({Phase.BOOTSTRAP})),
     ("runtime-daemon", probe_runtime_daemon, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),
+    ("cdi", probe_cdi, frozenset({Phase.BOOTSTRAP, Phase.REPORT})),
     ("kubelet-args", probe_kubelet_args, frozenset({Phase.BOOTSTRAP})),
     ("credential", probe_credential, frozenset({Phase.REPORT})),
     ("api", probe_api, frozenset({Phase.REPORT})),

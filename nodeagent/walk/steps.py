@@ -5,7 +5,7 @@ code, the metrics and the tests all read the same record. ``file_writes``, ``api
 and ``activations`` are counted where they happen, which is how idempotence is asserted:
 a second ``apply`` must end with all three at zero. The lines people read are made in
 :mod:`nodeagent.cli.render`; this module holds data only (no I/O, no printing) and may
-import only data modules (errors, the GPU inventory, the Node view, readiness).
+import only data modules (errors, the GPU inventory, the Node view, readiness, CDI facts).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # annotations only: the CLI renders steps without loading the
     from nodeagent.gpu.inventory import Inventory
     from nodeagent.kube.node import Node
     from nodeagent.kube.readiness import Readiness
+    from nodeagent.runtime.cdi import CDIFacts
 
 
 class Step(StrEnum):
@@ -27,6 +28,7 @@ class Step(StrEnum):
 
     DETECT = "detect"
     RUNTIME = "runtime"
+    CDI = "cdi"  # only when the runtime consumes CDI (walk.agent.Agent.step_cdi)
     KUBELET_ARGS = "kubelet-args"
     NODE = "node"
 
@@ -91,10 +93,12 @@ class StepResult:
 @dataclasses.dataclass(frozen=True)
 class RuntimeState:
     """What the runtime step learnt, for readiness: ``ok`` None = not checked (engine none,
-    or a daemon that is not running yet); ``message`` says why when ``ok`` is False."""
+    or a daemon that is not running yet); ``message`` says why when ``ok`` is False;
+    ``cdi`` what it read of CDI (None: not read), judged against the GPUs by readiness."""
 
     ok: Optional[bool] = None
     message: str = ""
+    cdi: Optional[CDIFacts] = None
 
 
 @dataclasses.dataclass(frozen=True)

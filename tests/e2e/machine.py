@@ -64,10 +64,24 @@ def _own_cgroups() -> dict[str, str]:
 class Machine:
     """One booted machine. ``with Machine(...) as m:`` boots it and always tears it down."""
 
-    def __init__(self, pristine: Path, work: Path, name: str = "gpu-node-1") -> None:
+    def __init__(
+        self,
+        pristine: Path,
+        work: Path,
+        name: str = "gpu-node-1",
+        *,
+        binds: tuple[tuple[Path, str, bool], ...] = (),
+        netns: Optional[Path] = None,
+    ) -> None:
+        """``binds``: (host dir, dir in the machine, read-only) to bind-mount at boot.
+        ``netns``: a network namespace file (``ip netns add``) for the machine to join
+        instead of a private network of its own, so that servers can be started in it
+        before the machine boots (``in_netns``)."""
         self.pristine = pristine
         self.work = work
         self.name = name
+        self.binds = binds
+        self.netns = netns
         self.root = work / "merged"  # the machine's / as seen from the host
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.pid1: Optional[int] = None
@@ -111,10 +125,18 @@ class Machine:
         procs = " ".join(f"{d}/cgroup.procs" for d in self.cgroups)
         argv = [
             "systemd-nspawn", "-q", "-D", str(self.root), "-M", self.name, "-b",
-            "--register=no", "--keep-unit", "--console=passive", "--private-network",
+            "--register=no", "--keep-unit", "--console=passive",
+            # a joined namespace is not "private" to nspawn, which then drops CAP_NET_ADMIN
+            # (dockerd needs it in there); the namespace is the test's own all the same
+            *(
+                (f"--network-namespace-path={self.netns}", "--capability=CAP_NET_ADMIN")
+                if self.netns
+                else ("--private-network",)
+            ),
             "--system-call-filter=@keyring",
             f"--bind={self.work / 'docker'}:/var/lib/docker",
             f"--bind={self.work / 'containerd'}:/var/lib/containerd",
+            *(f"--bind{'-ro' if ro else ''}={host}:{inside}" for host, inside, ro in self.binds),
         ]  # fmt: skip
         script = f'for f in {procs}; do echo $$ > "$f" 2>/dev/null; done; exec "$@"'
         with self.console.open("ab") as out:
@@ -230,22 +252,43 @@ class Machine:
     @contextlib.contextmanager
     def in_network(self) -> Iterator[None]:
         """This thread inside the machine's network namespace (sockets created here, and
-        threads started here, stay in it); back to the host's afterwards."""
+        threads and processes started here, stay in it); back to the host's afterwards."""
         assert self.pid1 is not None
-        libc = ctypes.CDLL(None, use_errno=True)
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        theirs = os.open(f"/proc/{self.pid1}/ns/net", os.O_RDONLY)
+        with in_netns(Path(f"/proc/{self.pid1}/ns/net")):
+            yield
+
+
+@contextlib.contextmanager
+def in_netns(ns: Path) -> Iterator[None]:
+    """This thread inside the network namespace ``ns`` (a /proc/PID/ns/net or an
+    ``ip netns`` file) for the block; back to its own afterwards."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    theirs = os.open(ns, os.O_RDONLY)
+    try:
+        if libc.setns(theirs, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
         try:
-            if libc.setns(theirs, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns into the machine's netns failed")
-            try:
-                yield
-            finally:
-                if libc.setns(own, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns back failed")
+            yield
         finally:
-            os.close(own)
-            os.close(theirs)
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back failed")
+    finally:
+        os.close(own)
+        os.close(theirs)
+
+
+@contextlib.contextmanager
+def named_netns(name: str) -> Iterator[Path]:
+    """A fresh network namespace (``ip netns add``) with its loopback up, deleted after."""
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True
+        )
+        yield Path("/run/netns") / name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
 
 
 def _rmdir_tree(d: Path) -> None:

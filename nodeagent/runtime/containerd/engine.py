@@ -63,6 +63,8 @@ from nodeagent.host.service import (
 from nodeagent.host.writer import Restore, Session, Writer, undo_all
 from nodeagent.log import get_logger
 from nodeagent.retry import wait_until
+from nodeagent.runtime import cdi
+from nodeagent.runtime.containerd.dump import DumpedConfig
 from nodeagent.runtime.containerd.tomledit import (
     CRI_PLUGIN,
     OptionMismatch,
@@ -72,8 +74,6 @@ from nodeagent.runtime.containerd.tomledit import (
     cri_mismatches,
     cri_of,
     desired_cri,
-    dump_problem,
-    dumped_plugin,
     effective_cri,
     is_glob,
     matches_import,
@@ -234,6 +234,7 @@ class ContainerdEngine:
             self.rt.name,
             f.runtime_path,
             self.rt.set_as_default,
+            self.rt.cdi,
         )
         changes: list[FileChange] = []
         warnings: list[str] = []
@@ -270,7 +271,9 @@ class ContainerdEngine:
                         "drop-in (runtime.containerd.use_drop_in: true)"
                     )
             merged = effective_cri(f.config, (), plugin)
-            wanted = desired_cri(merged, self.rt.name, f.runtime_path, self.rt.set_as_default)
+            wanted = desired_cri(
+                merged, self.rt.name, f.runtime_path, self.rt.set_as_default, self.rt.cdi
+            )
             if wanted != merged or "version" not in f.config.data:
                 new = with_runtime_in_place(f.config.text, plugin, wanted, f.version)
                 changes.append(self._change(f.config, new))
@@ -444,7 +447,11 @@ class ContainerdEngine:
         dumped = self.dump()
         if dumped.config is None:
             return None if dumped.no_binary else dumped.why
-        return dump_problem(dumped.config, self.rt.name, self.rt.set_as_default)
+        try:
+            loaded = DumpedConfig.of(dumped.config)
+        except InputError as e:
+            return str(e)
+        return loaded.problem(self.rt.name, self.rt.set_as_default)
 
     def _ctr(self, *args: str) -> tuple[bool, str]:
         ctr = self._tool("ctr")
@@ -471,13 +478,16 @@ class ContainerdEngine:
         data = self.dump().config
         if data is None:
             return False
-        kind, _, ident = dumped_plugin(data).rpartition(".")
+        try:
+            loaded = DumpedConfig.of(data)
+        except InputError:
+            return False
         cri_ok = any(
-            line.split()[:2] == [kind, ident] and line.split()[-1] == "ok"
+            line.split()[:2] == list(loaded.plugin_id) and line.split()[-1] == "ok"
             for line in out.splitlines()
             if line.strip()
         )
-        return cri_ok and dump_problem(data, self.rt.name, self.rt.set_as_default) is None
+        return cri_ok and loaded.problem(self.rt.name, self.rt.set_as_default) is None
 
     def _wait_verified(self) -> bool:
         return wait_until(
@@ -489,6 +499,27 @@ class ContainerdEngine:
             lambda: self._ctr("version")[0],
             what="containerd version",
             deadline_s=self.rt.verify_timeout_s,
+        )
+
+    # --- CDI ----------------------------------------------------------------------------
+
+    def cdi_use(self, facts: ContainerdFacts) -> cdi.Use:
+        """Whether containerd's CRI plugin consumes CDI: ``enable_cdi`` and
+        ``cdi_spec_dirs`` of its merged config (``config dump``), or of the files when
+        containerd cannot be asked."""
+        dumped = self.dump()
+        if dumped.config is not None:
+            try:
+                merged = DumpedConfig.of(dumped.config)
+            except InputError:
+                pass  # a version the dump reader does not know: read the files instead
+            else:
+                return cdi.containerd_use(
+                    merged.enable_cdi, merged.cdi_spec_dirs, "containerd config dump"
+                )
+        plugin = CRI_PLUGIN[facts.version]
+        return cdi.containerd_files_use(
+            effective_cri(facts.config, facts.merged, plugin), facts.version
         )
 
     # --- rollback -----------------------------------------------------------------------

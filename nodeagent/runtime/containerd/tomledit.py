@@ -153,6 +153,10 @@ def check_shape(data: Mapping[str, Any], shown: str) -> None:
 def _check_cri(cri: object, shown: str, at: list[str]) -> None:
     _expect(cri, dict, shown, at)
     assert isinstance(cri, dict)
+    if "enable_cdi" in cri:
+        _expect(cri["enable_cdi"], bool, shown, [*at, "enable_cdi"])
+    if "cdi_spec_dirs" in cri:
+        _expect(cri["cdi_spec_dirs"], list, shown, [*at, "cdi_spec_dirs"])
     if "containerd" not in cri:
         return
     ctd = cri["containerd"]
@@ -263,14 +267,19 @@ def _followed(entry: Mapping[str, Any]) -> dict[str, object]:
     }
 
 
-def desired_cri(cri: dict[str, Any], name: str, binary: str, set_default: bool) -> dict[str, Any]:
-    """Pure: the CRI section with the nvidia runtime (and as the default, if asked).
+def desired_cri(
+    cri: dict[str, Any], name: str, binary: str, set_default: bool, cdi_mode: str = "auto"
+) -> dict[str, Any]:
+    """Pure: the CRI section with the nvidia runtime (and as the default, if asked), and
+    ``enable_cdi`` true or false for ``cdi_mode`` enable / disable (auto: untouched).
 
     A new nvidia entry copies its base runtime; an existing one keeps its own keys but
     takes ``runtime_type`` and ``options.SystemdCgroup`` from the base runtime. Without
     ``set_default``, a default that is the nvidia runtime is demoted to the base runtime.
     """
     out = copy.deepcopy(cri)
+    if cdi_mode in ("enable", "disable"):
+        out["enable_cdi"] = cdi_mode == "enable"
     ctd = out.setdefault("containerd", {})
     runtimes = ctd.setdefault("runtimes", {})
     if not runtimes:
@@ -361,6 +370,8 @@ def with_runtime_in_place(
     _ensure_version(doc, version)
     plugins = doc.setdefault("plugins", tomlkit.table(is_super_table=True))
     section = plugins.setdefault(plugin, tomlkit.table(is_super_table=True))
+    if "enable_cdi" in cri and section.get("enable_cdi") != cri["enable_cdi"]:
+        section["enable_cdi"] = cri["enable_cdi"]
     ctd = section.setdefault("containerd", tomlkit.table())
     want = cri["containerd"]
     default = want.get("default_runtime_name")

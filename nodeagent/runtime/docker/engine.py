@@ -43,6 +43,7 @@ from nodeagent.host.service import (
 from nodeagent.host.writer import Restore, Writer
 from nodeagent.log import get_logger
 from nodeagent.retry import wait_until
+from nodeagent.runtime import cdi
 from nodeagent.runtime.docker import flags as dockerflags
 from nodeagent.runtime.docker import jsonedit
 from nodeagent.runtime.engine import Activation, ApplyResult, Plan
@@ -71,6 +72,11 @@ RELOADABLE_KEYS = frozenset(
 )
 # dockerd's own default runtime: what `--no-default` puts back in `default-runtime`.
 DOCKER_DEFAULT_RUNTIME = "runc"
+# `features.cdi` is read when dockerd starts (it sets up its CDI cache then): a change is
+# not taken by a reload, so it counts as this key, which is not reloadable.
+CDI_FEATURE_KEY = "features.cdi"
+# The first docker with CDI (opt-in through features.cdi; on by default from 28.2).
+DOCKER_CDI_SINCE = (25, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +89,8 @@ class DockerFacts:
     running: bool  # docker's API socket exists (engine.Facts)
     can_signal: bool  # we may reload/restart this docker (see DockerEngine._can_signal)
     runtime_found: bool
+    # dockerd's version when runtime.cdi is enable and docker answers (else None).
+    server_version: Optional[str] = None
 
 
 def check_shape(data: dict[str, Any], text: str, shown: str, name: str) -> None:
@@ -112,13 +120,23 @@ def check_shape(data: dict[str, Any], text: str, shown: str, name: str) -> None:
         expect(data["default-runtime"], str, at("default-runtime"), "default-runtime")
     if "live-restore" in data:
         expect(data["live-restore"], bool, at("live-restore"), "live-restore")
+    if "features" in data:
+        expect(data["features"], dict, at("features"), "features")
+        if "cdi" in data["features"]:
+            expect(data["features"]["cdi"], bool, at("features", "cdi"), CDI_FEATURE_KEY)
 
 
-def desired(data: dict[str, Any], name: str, path: str, set_default: bool) -> dict[str, Any]:
+def desired(
+    data: dict[str, Any], name: str, path: str, set_default: bool, cdi_mode: str = "auto"
+) -> dict[str, Any]:
     """Pure: ``data`` with ``runtimes.<name>`` set, keys in place; ``default-runtime`` set
     to it, or — when it must not be the default but is — put back to docker's own
-    (a changed value is reloadable; a removed key would stay in effect until a restart)."""
+    (a changed value is reloadable; a removed key would stay in effect until a restart);
+    ``features.cdi`` true or false for ``cdi_mode`` enable / disable (auto: untouched)."""
     out = copy.deepcopy(data)
+    if cdi_mode in ("enable", "disable"):
+        features = out.setdefault("features", {})
+        features["cdi"] = cdi_mode == "enable"
     runtimes = out.setdefault("runtimes", {})
     entry = dict(runtimes.get(name) or {})
     entry["path"] = path
@@ -132,7 +150,17 @@ def desired(data: dict[str, Any], name: str, path: str, set_default: bool) -> di
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
-    return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    """The top-level keys that differ, plus ``features.cdi`` when that changes."""
+    keys = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    if _features_cdi(old) != _features_cdi(new):
+        keys.add(CDI_FEATURE_KEY)
+    return keys
+
+
+def _features_cdi(data: dict[str, Any]) -> Optional[bool]:
+    features = data.get("features")
+    value = features.get("cdi") if isinstance(features, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 class DockerEngine:
@@ -168,14 +196,20 @@ class DockerEngine:
 
     def read(self) -> DockerFacts:
         current, doc = self._load()
+        running = listening(self.dc.host)
         return DockerFacts(
             current=current,
             doc=doc,
             flag_sources=tuple(dockerflags.collect(self.root)),
-            running=listening(self.dc.host),
+            running=running,
             can_signal=self._can_signal(),
             runtime_found=self.root.which(self.rt.path) is not None,
+            server_version=self._server_version() if self.rt.cdi == "enable" and running else None,
         )
+
+    def _server_version(self) -> Optional[str]:
+        found = self._ask("version.unreachable", lambda c: c.version().get("Version"))
+        return found if isinstance(found, str) else None
 
     # --- the pure part ------------------------------------------------------------------
 
@@ -191,8 +225,17 @@ class DockerEngine:
                 f"{other.where}: dockerd reads {other.path} (--config-file), not {self.host_path}; "
                 "set runtime.docker.config_file to it"
             )
-        new_data = desired(f.doc.data, self.rt.name, self.rt.path, self.rt.set_as_default)
+        new_data = desired(
+            f.doc.data, self.rt.name, self.rt.path, self.rt.set_as_default, self.rt.cdi
+        )
         keys = changed_keys(f.doc.data, new_data)
+        version = cdi.parse_version(f.server_version)
+        too_old = version is not None and version < DOCKER_CDI_SINCE
+        if CDI_FEATURE_KEY in keys and self.rt.cdi == "enable" and too_old:
+            raise InputError(
+                f"runtime.cdi enable: docker {f.server_version} has no CDI (docker 25 or "
+                "later); upgrade docker or set runtime.cdi: auto"
+            )
         warnings: list[str] = []
         if not keys:
             return Plan(engine=self.name, reason="the nvidia runtime is already configured")
@@ -390,6 +433,19 @@ class DockerEngine:
     def verify(self) -> bool:
         """One look: docker answers and lists the runtime (as default, if asked)."""
         return self._shows(self.rt.name if self.rt.set_as_default else None)
+
+    def cdi_use(self, facts: DockerFacts) -> cdi.Use:
+        """Whether the running dockerd consumes CDI: ``docker info``'s ``CDISpecDirs``
+        when its API has the field, else its version and daemon.json's ``features.cdi``
+        (:func:`nodeagent.runtime.cdi.docker_use`)."""
+        info = self._info() if facts.running else None
+        dirs = info.get("CDISpecDirs") if info is not None else None
+        version = info.get("ServerVersion") if info is not None else None
+        return cdi.docker_use(
+            [d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else None,
+            version if isinstance(version, str) else None,
+            _features_cdi(facts.doc.data),
+        )
 
     def _wait_verified(self, default: Optional[str]) -> bool:
         return wait_until(
