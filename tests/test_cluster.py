@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from nodeagent.config import KubeConfig
+from nodeagent.daemon.schedule import JOIN_POLL_S
 from nodeagent.kube.client import APIRefused, NodeAPI
 from tests.cluster import audit
 from tests.cluster.agentnode import ClusterNode
@@ -233,6 +234,63 @@ def test_run_waits_for_registration_heartbeats_and_reports_an_xid(
         ("patch", "nodes", "status"),
         ("create", "events", ""),
     }, audit.show(records)
+
+
+def test_run_watches_its_node_while_the_device_plugin_has_not_advertised(
+    plane: ControlPlane, box: ClusterNode, notify: NotifySocket
+) -> None:
+    """Told DevicePluginNotReady, the daemon watches its own Node (the Node authorizer lets a
+    node watch its Node: never a 403) from the version it last read, and reads it on no
+    backoff meanwhile; the capacity's change reaches it through that watch, GPUReady turns
+    True after one read (the report's own), and the watch ends with it."""
+    quiet = {**DAEMON, "redetect_interval_s": 60, "heartbeat_interval_s": 300}
+    box.write_config(daemon=quiet, kube={"api_deadline_s": 10, "wait_for_node_s": 30})
+    running = Running(box, notify)
+    try:
+        _watches_until_advertised(plane, box, running, notify)
+    finally:
+        code = running.stop()
+    assert code == 0, f"nodeagent run exited {code}: {running.tail()}"
+
+
+def _watches_until_advertised(
+    plane: ControlPlane, box: ClusterNode, running: Running, notify: NotifySocket
+) -> None:
+    notify.wait_for("READY", "1")
+    box.register(gpus=0)
+
+    def reason() -> str:
+        assert running.alive(), f"the agent exited: {running.tail()}"
+        return str(box.condition().get("reason", ""))
+
+    wait_for("DevicePluginNotReady", lambda: reason() == "DevicePluginNotReady", 30, plane)
+    # the report's last write is its Event: counted from here, the writes are the next ones
+    wait_for("its Event", lambda: len(plane.events(box.node)) == 1, 10, plane)
+    version = box.node_object()["metadata"]["resourceVersion"]
+    mark = plane.audit.mark()
+    time.sleep(JOIN_POLL_S + 0.5)  # past the first backoff read the poll would make
+    plane.set_capacity(box.node, {"cpu": "8", "memory": "64Gi", "pods": "110",
+                                  "nvidia.com/gpu": str(box.gpus())})  # fmt: skip
+    took = wait_for("GPUReady", lambda: reason() == "GPUReady", 30, plane)
+    print(f"nvidia.com/gpu advertised -> GPUReady True (watching): {took * 1000:.0f} ms")
+    wait_for("the GPUReady Event", lambda: len(plane.events(box.node)) == 2, 10, plane)
+
+    def watches() -> list[audit.AuditRecord]:  # logged as they end
+        return [r for r in own(plane.audit.since(mark), box) if r.verb == "watch"]
+
+    wait_for("the watch to end", lambda: bool(watches()), 15, plane)
+    records = own(plane.settled(mark), box)
+    assert not audit.refused(records), audit.show(records)
+    (watch,) = watches()
+    assert (watch.resource, watch.code) == ("nodes", 200), audit.show(records)
+    assert f"fieldSelector=metadata.name%3D{box.node}" in watch.uri, watch.uri
+    assert f"resourceVersion={version}" in watch.uri, watch.uri
+    reads = [r for r in records if r.verb == "get" and r.resource == "nodes"]
+    assert len(reads) == 1, audit.show(records)  # no backoff read: the report's own read
+    assert [(r.verb, r.subresource) for r in audit.writes(records)] == [
+        ("patch", "status"),
+        ("create", ""),
+    ], audit.show(records)
 
 
 def test_a_rotated_certificate_is_picked_up(plane: ControlPlane, box: ClusterNode) -> None:

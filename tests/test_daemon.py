@@ -24,8 +24,15 @@ import pytest
 from nodeagent import config
 from nodeagent.config import DaemonConfig
 from nodeagent.daemon.loop import Daemon
+from nodeagent.daemon.nodewatch import WATCH_TIMEOUT_S
 from nodeagent.daemon.reporter import heartbeat_age_s
-from nodeagent.daemon.schedule import ApplyBackoff, ReportSchedule, first_heartbeat, jittered
+from nodeagent.daemon.schedule import (
+    JOIN_POLL_S,
+    ApplyBackoff,
+    ReportSchedule,
+    first_heartbeat,
+    jittered,
+)
 from nodeagent.daemon.sdnotify import Notifier
 from nodeagent.gpu.health import Health, XidRecord
 from nodeagent.host.paths import HostRoot
@@ -294,9 +301,24 @@ def test_a_device_plugin_that_advertises_after_registration_is_seen_within_secon
     docker_sandbox: Callable[..., Sandbox], notify: NotifySocket
 ) -> None:
     """The kubelet registers the Node first; the device plugin's ``nvidia.com/gpu`` comes
-    later. GPUReady must follow within seconds, not at the next heartbeat (minutes)."""
+    later. While the Node is told DevicePluginNotReady, the daemon watches it — one watch
+    request on its name, from the version it last read — and reads it on no backoff:
+    GPUReady follows the capacity on the watch's event, not at a read seconds later nor at
+    the next heartbeat (minutes). How fast: ``python -m bench.agent`` (docs/benchmarks.md)."""
     slow = {**DAEMON, "redetect_interval_s": 60, "heartbeat_interval_s": 300}
     box = docker_sandbox(daemon=slow, kube={"api_deadline_s": 5, "wait_for_node_s": 30})
+    user = f"system:node:{box.node}"
+    node_path = f"/api/v1/nodes/{box.node}"
+
+    def since(mark: int) -> list[Any]:  # the agent's requests after the first ``mark``
+        return [r for r in box.srv.requests[mark:] if r.user == user]
+
+    def watches(mark: int) -> list[Any]:
+        return [r for r in since(mark) if r.query.get("watch") == "true"]
+
+    def status_patches(mark: int) -> list[Any]:
+        return [r for r in since(mark) if r.method == "PATCH" and r.path == node_path + "/status"]
+
     run = Running(box, notify)
     try:
         notify.wait_for("READY", "1")
@@ -308,12 +330,38 @@ def test_a_device_plugin_that_advertises_after_registration_is_seen_within_secon
             run,
         )
 
+        def from_version() -> list[Any]:  # (an earlier one, without, waited for the Node)
+            return [w for w in watches(0) if w.query.get("resourceVersion")]
+
+        wait_until("a watch on its Node", lambda: bool(from_version()), 10, run)
+        told = box.srv.get_node(box.node)  # as the report left it (its Event is no change)
+        assert told is not None
+        watch = from_version()
+        assert len(watch) == 1, watch
+        mark = next(i for i, r in enumerate(box.srv.requests) if r is watch[0]) + 1
+        assert watch[0].path == "/api/v1/nodes"
+        assert watch[0].query["fieldSelector"] == f"metadata.name={box.node}"
+        assert watch[0].query["resourceVersion"] == told["metadata"]["resourceVersion"]
+        assert int(watch[0].query["timeoutSeconds"]) == WATCH_TIMEOUT_S
+        assert watch[0].status == 200
+        # Past the first backoff read the poll would make (2 s after the report): nothing
+        # since the watch, the report's last request.
+        time.sleep(JOIN_POLL_S + 0.5)
+        assert [r for r in since(mark) if r.query.get("watch") != "true"] == []
+
         def advertise(node: dict[str, Any]) -> None:
             node["status"]["capacity"]["nvidia.com/gpu"] = "8"
 
+        mark = len(box.srv.requests)
         box.srv.update_node(box.node, advertise)
-        took = wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 10, run)
-        assert took < 5.0  # a Node read 2-4 s later, far from the 300 s heartbeat
+        wait_until("GPUReady True", lambda: condition(box).get("status") == "True", 10, run)
+        wait_until("the GPUReady Event", lambda: len(box.srv.events()) == 2, 10, run)
+        # Woken by the watch: one read (the report's own, before its patch), one status
+        # patch, and no new watch: the one that saw the capacity ended with it.
+        reads = [r for r in since(mark) if r.method == "GET" and r.path == node_path]
+        assert len(reads) == 1, [(r.method, r.path, r.query) for r in since(mark)]
+        assert len(status_patches(mark)) == 1
+        assert watches(mark) == []
     finally:
         run.stop()
 

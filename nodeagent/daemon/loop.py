@@ -10,9 +10,12 @@ exporter that writes conditions), and what each owns:
   restarts the XID watcher, re-applies;
 * **the XID watcher** (:class:`nodeagent.gpu.events.XidWatcher`) — blocks on NVML's event
   set; a critical XID is recorded in the shared state and wakes the reporter at once;
-* **the reporter** (:mod:`nodeagent.daemon.reporter`) — the only thread that talks to the
-  API server, and to the kubelet's pod-resources socket (one ``List`` each time it refreshes
-  the per-GPU series, for their pod labels).
+* **the reporter** (:mod:`nodeagent.daemon.reporter`) — the only thread that writes to the
+  API server, and talks to the kubelet's pod-resources socket (one ``List`` each time it
+  refreshes the per-GPU series, for their pod labels);
+* **node-watch** (:mod:`nodeagent.daemon.nodewatch`, started and ended by the reporter) —
+  while GPUReady waits on the device plugin's capacity, watches the Node (reads only) and
+  hands each change to the reporter.
 
 What they share lives in :class:`~nodeagent.daemon.state.State` (one lock); an apply runs
 under ``_applying`` (one at a time); the watcher handle under ``_watcher_lock``; everything

@@ -4,13 +4,19 @@ It wakes on a request (a critical XID, a reload, start-up), on the re-detect int
 (NVML only: the API is called only when what the Node should say changed), on the
 jittered heartbeat (read the Node, correct drift), on the retry backoff after a failure,
 and when an XID may be recovered from (:class:`~nodeagent.daemon.schedule.ReportSchedule`
-says when). An API outage is waited out here, with bounded, jittered backoff, never by
-exiting; a cycle that raises anything is reported and retried the same way.
+says when). While the Node was told it is not ready for a reason only the Node can change
+(the device plugin's capacity), it also wakes on each change of the Node, which its
+:class:`~nodeagent.daemon.nodewatch.NodeWatch` sees, and re-assesses at once; when that
+watch fails it reads the Node on the schedule's backoff instead. An API outage is waited
+out here, with bounded, jittered backoff, never by exiting; a cycle that raises anything is
+reported and retried the same way.
 
-Thread ownership: the schedule, the last inventory and what the Node was last told belong
-to the reporter thread alone; :meth:`Reporter.request` and :meth:`Reporter.wake` are the
-only methods other threads call (they set Events). Shared state is read and written through
-:class:`~nodeagent.daemon.state.State`. May not touch host files but through the walk.
+Thread ownership: the schedule, the last inventory, what the Node was last told and the
+Node watch's handle belong to the reporter thread alone; :meth:`Reporter.request` and
+:meth:`Reporter.wake` are the only methods other threads call (they set Events; the watch's
+thread calls ``wake`` after handing over what it saw, see :mod:`nodeagent.daemon.nodewatch`).
+Shared state is read and written through :class:`~nodeagent.daemon.state.State`. Only this
+thread writes to the API. May not touch host files but through the walk.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Mapping
 from typing import Callable, Optional
 
 from nodeagent.config import Config
+from nodeagent.daemon.nodewatch import NodeWatch
 from nodeagent.daemon.schedule import ReportSchedule
 from nodeagent.daemon.state import State
 from nodeagent.daemon.telemetry import Telemetry
@@ -29,7 +36,7 @@ from nodeagent.errors import NodeagentError, describe
 from nodeagent.gpu.inventory import STATE_OK, Inventory
 from nodeagent.host.clock import Clock
 from nodeagent.kube.node import ConditionStatus, Node
-from nodeagent.kube.readiness import Readiness
+from nodeagent.kube.readiness import Readiness, waits_on_node
 from nodeagent.log import get_logger
 from nodeagent.walk.agent import Agent
 from nodeagent.walk.steps import NodeStep, RuntimeState, Status
@@ -50,7 +57,7 @@ class Reported:
 
     labels: Optional[Mapping[str, str]] = None
     readiness: Optional[Readiness] = None
-    node: Optional[Node] = None
+    node: Optional[Node] = None  # as last read, written or seen by the Node watch
 
 
 class Reporter:
@@ -79,6 +86,7 @@ class Reporter:
         self._schedule = ReportSchedule(clock.monotonic(), state.current().cfg.daemon, rng)
         self._inventory: Optional[Inventory] = None
         self._reported = Reported()
+        self._watch: Optional[NodeWatch] = None  # while GPUReady waits on the Node alone
         self._thread: Optional[threading.Thread] = None
 
     # --- called from other threads ------------------------------------------------------
@@ -117,7 +125,9 @@ class Reporter:
             self._clock.wait(self._kick, max(0.0, wake_at - now))
             self._kick.clear()
             if self._stop.is_set():
+                self._end_watch()
                 return
+            self._take_watched()
             # Cleared only when seen set: a request made after this test wakes the next cycle.
             requested = self._read_node.is_set()
             if requested:
@@ -192,6 +202,45 @@ class Reporter:
         log.warning(f"daemon.{what}_failed", detail=detail, retry_in_s=round(wait, 1))
         self._telemetry.notifier.status(f"{what} failed ({detail[:120]}); retrying in {wait:.0f} s")
 
+    # --- the Node watch (started, read and ended by this thread only) ----------------------
+
+    def _take_watched(self) -> None:
+        """What the Node watch saw since the last cycle: the newest Node becomes the one
+        this cycle assesses (its capacity); a watch that failed falls back to the reads
+        on the schedule's backoff; a watch on a client a reload replaced is ended."""
+        watch = self._watch
+        if watch is None:
+            return
+        seen = watch.take()
+        if seen.node is not None:
+            self._reported = dataclasses.replace(self._reported, node=seen.node)
+        if seen.failure is not None:
+            self._watch = None
+            wait = self._schedule.not_ready(self._clock.monotonic())
+            log.warning("daemon.node_watch_failed", detail=seen.failure, read_in_s=round(wait, 1))
+        elif self._state.current().agent.node_api() is not watch.api:
+            # a reload built a new client (maybe for another name): watch through it instead
+            self._end_watch()
+            self._schedule.not_ready(self._clock.monotonic())  # read soon; it watches again
+
+    def _watch_node(self, node: Optional[Node]) -> bool:
+        """Keep (or start, from ``node``'s resourceVersion) the watch on the Node; False
+        when it cannot (no version to watch from)."""
+        if self._watch is not None:
+            return True
+        rv = node.resource_version if node is not None else None
+        if not rv:
+            return False
+        agent = self._state.current().agent
+        self._watch = NodeWatch(agent.node_api(), rv, self.wake).start()
+        return True
+
+    def _end_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            log.info("daemon.node_watch_ended", node=self._watch.api.node_name)
+            self._watch = None
+
     def _after_report(self, step: NodeStep, labels: Mapping[str, str], cfg: Config) -> None:
         result, node_state = step
         failed = result.status is Status.FAILED
@@ -210,7 +259,11 @@ class Reporter:
                 self._telemetry.condition(cfg.kube.condition_type, r.status)
                 if r.status is ConditionStatus.TRUE:
                     self._schedule.ready()
-                else:  # it may be the Node that changes next (the device plugin): read soon
+                    self._end_watch()
+                elif waits_on_node(r) and self._watch_node(node_state.node):
+                    pass  # the device plugin's capacity: the watch wakes this thread on it
+                else:  # it may be the Node that changes next: read soon
+                    self._end_watch()
                     self._schedule.not_ready(self._clock.monotonic())
             else:  # nothing told yet (the kubelet has not joined): look again soon
                 self._schedule.waiting(self._clock.monotonic())

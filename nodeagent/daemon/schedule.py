@@ -100,10 +100,13 @@ class ReportSchedule:
         return self._read_within(now, JOIN_POLL_S)
 
     def not_ready(self, now: float) -> float:
-        """The Node was told it is not ready. Some causes live on the Node itself (the
-        device plugin advertises ``nvidia.com/gpu`` after the kubelet registered): read it
-        again after 2, 4, 8 … s (at most :data:`NOT_READY_MAX_S`) rather than at the next
-        heartbeat, so GPUReady follows within seconds. Reads only; writes only on change."""
+        """The Node was told it is not ready: read it again after 2, 4, 8 … s (at most
+        :data:`NOT_READY_MAX_S`) rather than at the next heartbeat, so GPUReady follows
+        within seconds. When only the Node can change it (the device plugin advertises
+        ``nvidia.com/gpu`` after the kubelet registered) the reporter watches the Node
+        instead (:mod:`nodeagent.daemon.nodewatch`), and reads on this backoff only while
+        that watch fails; the count goes on from there, so a watch that keeps failing is
+        tried again ever more rarely. Reads only; writes only on change."""
         wait = min(NOT_READY_MAX_S, JOIN_POLL_S * float(2**self._not_ready_reads))
         self._not_ready_reads = min(self._not_ready_reads + 1, 16)
         return self._read_within(now, wait)

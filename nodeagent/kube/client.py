@@ -28,6 +28,7 @@ reader, retry and the Node view; never the walk, the daemon or the runtime.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -36,7 +37,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
@@ -185,6 +186,42 @@ def certificate_not_after(path: Path) -> Optional[datetime.datetime]:
         return None
     stamp = ssl.cert_time_to_seconds(decoded["notAfter"])
     return datetime.datetime.fromtimestamp(stamp, tz=datetime.timezone.utc)
+
+
+class StreamStop:
+    """Ends a watch stream from another thread: the reader blocked on it returns at once
+    (urllib3's ``shutdown``). Set before the stream opens, it ends it as soon as it does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._resp: Any = None
+        self._stopped = False
+
+    def attach(self, resp: Any) -> None:
+        """The stream's response (the watching thread, as the stream opens)."""
+        with self._lock:
+            self._resp = resp
+            if self._stopped:
+                _shutdown(resp)
+
+    def detach(self) -> None:
+        """The stream is over (the watching thread, before its connection goes back to the
+        pool, where another request may take it): stopping no longer touches it."""
+        with self._lock:
+            self._resp = None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._resp is not None:
+                _shutdown(self._resp)
+
+
+def _shutdown(resp: Any) -> None:
+    """Shut the response's socket down (urllib3 >= 2.3), else close it; a response already
+    closed is left as it is."""
+    with contextlib.suppress(ValueError, RuntimeError, OSError):
+        getattr(resp, "shutdown", resp.close)()
 
 
 class KubeAPI:
@@ -393,10 +430,15 @@ class KubeAPI:
         return out
 
     def watch_nodes(
-        self, rv: str, timeout_s: int, field_selector: Optional[str] = None
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """One watch request on Nodes from ``rv``; yields (type, object) until it ends.
-        A broken stream just ends (the caller watches again from the last version)."""
+        self,
+        rv: str,
+        timeout_s: int,
+        field_selector: Optional[str] = None,
+        stop: Optional[StreamStop] = None,
+    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        """One watch request on Nodes from ``rv``; yields (type, object) until it ends, or
+        until ``stop`` is stopped. A broken stream just ends (the caller watches again from
+        the last version)."""
 
         def open_stream(core: Any) -> Any:
             return core.list_node(
@@ -412,6 +454,9 @@ class KubeAPI:
         resp = self._call("watch nodes", open_stream)
         if resp is None:
             return
+        if stop is not None:
+            stop.attach(resp)
+        ended = False
         try:
             buf = b""
             for chunk in resp.stream(amt=None, decode_content=True):
@@ -421,9 +466,14 @@ class KubeAPI:
                     if line.strip():
                         event = json.loads(line)
                         yield event.get("type", ""), event.get("object") or {}
+            ended = True
         except Exception as e:  # the stream broke: the caller re-watches
             log.info("kube.watch.ended", error=str(e))
         finally:
+            if stop is not None:
+                stop.detach()
+            if not ended:  # left mid-stream (the caller is done): end the server's watch too
+                resp.close()
             resp.release_conn()
 
 
@@ -460,6 +510,13 @@ class NodeAPI(KubeAPI):
             lambda core: _json(core.create_namespaced_event(ns, event, **self._kw())),
         )
 
+    def watch_node(
+        self, rv: str, timeout_s: int, stop: Optional[StreamStop] = None
+    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        """One watch request on this Node (its name as the field selector) from ``rv``,
+        ending after ``timeout_s``: :meth:`watch_nodes`, which a Node's credential may do."""
+        return self.watch_nodes(rv, timeout_s, f"metadata.name={self.node_name}", stop)
+
     def wait_for_node(self, deadline_s: float) -> Node:
         """The Node, waiting for it to be registered: one watch on its name, re-established
         (bounded, logged) when the server ends it, until ``deadline_s`` passes."""
@@ -473,8 +530,7 @@ class NodeAPI(KubeAPI):
                     f"node {self.node_name} did not appear within {deadline_s:.0f} s "
                     "(is the kubelet running and registering under this name?)"
                 )
-            selector = f"metadata.name={self.node_name}"
-            for kind, obj in self.watch_nodes(rv, max(1, int(remaining)), selector):
+            for kind, obj in self.watch_node(rv, max(1, int(remaining))):
                 rv = obj.get("metadata", {}).get("resourceVersion", rv)
                 if kind in ("ADDED", "MODIFIED"):
                     return Node.from_api(obj)

@@ -278,6 +278,23 @@ class Readiness:
     message: str
 
 
+class NodeReason(StrEnum):
+    """Why GPUReady is not True when only the Node itself can change it: the device plugin
+    has not advertised every GPU in ``status.capacity`` yet. The daemon watches its Node
+    while one of these holds (:func:`waits_on_node`)."""
+
+    DEVICE_PLUGIN_UNKNOWN = "DevicePluginUnknown"
+    DEVICE_PLUGIN_NOT_READY = "DevicePluginNotReady"
+
+
+_NODE_REASONS = frozenset(r.value for r in NodeReason)
+
+
+def waits_on_node(r: Readiness) -> bool:
+    """Whether ``r`` can turn True by a change to the Node alone (its capacity)."""
+    return r.status is not ConditionStatus.TRUE and r.reason in _NODE_REASONS
+
+
 @dataclasses.dataclass(frozen=True)
 class Facts:
     """What readiness depends on. ``runtime_ok`` None means "not checked" (e.g. engine none)."""
@@ -350,14 +367,16 @@ def assess(f: Facts) -> Readiness:
     if f.require_device_plugin:
         if f.capacity is None:
             return Readiness(
-                ConditionStatus.UNKNOWN, "DevicePluginUnknown", "node capacity not read yet"
+                ConditionStatus.UNKNOWN,
+                NodeReason.DEVICE_PLUGIN_UNKNOWN.value,
+                "node capacity not read yet",
             )
         want = expected_devices(inv)
         have = advertised_gpus(f.capacity)
         if have < want:
             return Readiness(
                 ConditionStatus.FALSE,
-                "DevicePluginNotReady",
+                NodeReason.DEVICE_PLUGIN_NOT_READY.value,
                 f"node advertises {have} of {want} GPUs (nvidia.com/gpu or MIG resources)",
             )
     n = len(inv.gpus)
