@@ -212,7 +212,9 @@ class _Handler(BaseHTTPRequestHandler):
             if cn:
                 return User(cn, (*orgs, "system:authenticated"))
         auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
+        # the scheme is case-insensitive, as in kube-apiserver: the kubernetes client's
+        # in-cluster config sends "bearer <token>"
+        if auth[: len("Bearer ")].lower() == "bearer ":
             found = self.server.frontend.user_for_token(auth[len("Bearer ") :].strip())
             if found:
                 return found
