@@ -1,4 +1,4 @@
-.PHONY: test demo bench packages lock clean
+.PHONY: test demo bench packages image lock repo clean
 test:
 	scripts/test
 demo:
@@ -16,8 +16,18 @@ packages:
 	$(PYTHON) packaging/build.py --dist $(DIST) --work $(WORK) $(if $(LOCKED),--locked) \
 		$(if $(SYSTEMD_DIR),--systemd-dir $(SYSTEMD_DIR)) \
 		$(if $(CLOUD_INIT_DIR),--cloud-init-dir $(CLOUD_INIT_DIR))
+# The controller's container image (docs/install.md): $(DIST)/nodeagent-image-<ver>.tar, an OCI
+# layout that is also a docker-archive, assembled with no registry; IMAGE=name:tag names it.
+image:
+	$(PYTHON) packaging/image.py --dist $(DIST) $(if $(IMAGE),--tag $(IMAGE))
 # Re-pin the bundled libraries (packaging/lock/*.txt) after a dependency change.
 lock:
 	$(PYTHON) packaging/build.py lock --work $(WORK)
+# Signed APT and YUM repositories from $(DIST)'s packages, into REPO_OUT, to publish as is
+# (docs/install.md, "Publishing the repositories"). SIGNING_KEY: the fingerprint of the signing
+# key in gpg's keyring ($GNUPGHOME).
+REPO_OUT ?= $(DIST)/repo
+repo:
+	$(PYTHON) packaging/repo.py --dist $(DIST) --out $(REPO_OUT) --key "$(SIGNING_KEY)"
 clean:
 	rm -rf $(DIST) $(WORK)

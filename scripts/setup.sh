@@ -3,7 +3,7 @@
 # a virtualenv in .venv with the project and its test dependencies.
 set -euo pipefail
 
-NODEAGENT_APT_PACKAGES=(gcc libc6-dev docker.io containerd busybox-static cloud-init make binutils python3 lintian rpm rpmlint shellcheck debootstrap systemd-container prometheus dpkg-dev iproute2 openssl)
+NODEAGENT_APT_PACKAGES=(gcc libc6-dev docker.io containerd busybox-static cloud-init make binutils python3 lintian rpm rpmlint shellcheck debootstrap systemd-container prometheus dpkg-dev iproute2 openssl apt-utils createrepo-c gpg)
 
 install_apt_packages() {
   local missing=()
@@ -41,7 +41,8 @@ install_venv() {
 # than the per-test timeout.
 warm_caches() {
   [ "$(id -u)" = 0 ] || return 0
-  .venv/bin/python -m tests.debcache bookworm docker.io containerd etcd-server >/dev/null
+  .venv/bin/python -m tests.debcache bookworm docker.io containerd etcd-server gpg gpgconf libassuan0 \
+    docker-registry skopeo libgpgme11 >/dev/null
   .venv/bin/python -m tests.debcache trixie docker.io docker-cli containerd >/dev/null
   .venv/bin/python -m tests.debcache sid docker.io docker-cli containerd >/dev/null
   .venv/bin/python -m tests.cluster.build

@@ -46,6 +46,7 @@ MAX_EXPOSURE = {DAEMON: 3.0, BOOTSTRAP: 3.0}
 READ_ONLY_KEYS = {
     "kube.kubeconfig": "the kubelet's credential: read",
     "runtime.containerd.address": "containerd's socket: connected to",
+    "daemon.pod_resources_socket": "the kubelet's pod-resources socket: connected to",
 }
 
 Unit = dict[str, dict[str, list[str]]]
@@ -408,6 +409,7 @@ EXTRA_WRITABLE = {
     "/var/lib/node_exporter/textfile_collector": "daemon.metrics_textfile, usual place",
     "/var/lib/prometheus/node-exporter": "daemon.metrics_textfile, Debian's node-exporter",
     "/var/cache/nodeagent": "the packages' launcher keeps Python bytecode there",
+    "/etc/cdi": "a stale CDI spec found there is regenerated in place",
 }
 
 
