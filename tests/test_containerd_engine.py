@@ -1232,11 +1232,17 @@ def _tmp_dirs() -> set[str]:
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nodeagent-containerd.")}
 
 
-def test_config_dump_under_a_root_reads_only_the_roots_files(tmp_path: Path) -> None:
+def test_config_dump_under_a_root_reads_only_the_roots_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Absolute imports (plain, glob, nested) are the root's files, never this machine's."""
     reason = needs_containerd()
     if reason:
         skip_or_fail("containerd", reason)
+    # a temp dir of this test's own: other workers' dumps come and go in the machine's /tmp
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     root = make_root(
         tmp_path,
         'version = 2\nimports = ["/etc/containerd/site.d/*.toml", "/etc/containerd/a.toml"]\n',

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -113,6 +114,13 @@ def test_textfile_and_http_carry_dcgm_series(
     assert r2.returncode in (0, 3), problems
     unexpected = [p for p in problems if not (p.startswith("DCGM_") and p.endswith(DCGM_LINT))]
     assert unexpected == []
+    # the agent's own families, without dcgm-exporter's names, pass promtool outright
+    own = "".join(block for block in re.split(r"(?m)^(?=# HELP )", body) if "DCGM_" not in block)
+    assert "# HELP nodeagent_" in own
+    r3 = subprocess.run(
+        [promtool, "check", "metrics"], input=own, capture_output=True, text=True, timeout=30
+    )
+    assert (r3.returncode, r3.stdout + r3.stderr) == (0, "")
 
 
 def test_unsupported_reading_is_no_sample_and_gone_gpu_has_no_series(
