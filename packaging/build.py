@@ -1,10 +1,12 @@
 """Build nodeagent's .deb and .rpm with every Python library bundled (docs/packaging.md).
 
     python packaging/build.py [--dist DIR] [--work DIR] [--locked] [--only deb|rpm]
-    python packaging/build.py lock          # re-pin the bundled libraries (packaging/lock/)
+                              [--arch x86_64|aarch64 ...]
+    python packaging/build.py lock [--arch ...]   # re-pin the bundled libraries (packaging/lock/)
 
-``make packages`` and ``make lock`` run these with the project's .venv. The build downloads
-manylinux wheels for CPython 3.9 ... 3.13 with pip (network at build time only) and unpacks
+``make packages`` and ``make lock`` run these with the project's .venv. The build downloads, for
+each architecture in ARCHES (all unless --arch names some), manylinux wheels for CPython
+3.9 ... 3.13 with pip (network at build time only) and unpacks
 each once under /opt/nodeagent/lib: into common when every version uses that very file, into
 cp3X when one does (the compiled ones: pydantic-core, PyYAML, ...), into e.g.
 cp310+cp311+cp312+cp313 when several do. It adds the launcher /usr/bin/nodeagent, the systemd
@@ -49,6 +51,7 @@ ones for each of CPython 3.9 to 3.13): it needs only the host's python3."""
 class Arch:
     rpm: str  # x86_64 (also the uname -m and the wheel platform suffix)
     deb: str  # amd64
+    strip: str = "strip"  # a strip that reads this architecture's ELF files
 
     @property
     def platforms(self) -> list[str]:
@@ -56,7 +59,12 @@ class Arch:
         return [f"manylinux2014_{self.rpm}", f"manylinux_2_17_{self.rpm}"]
 
 
-ARCHES = {"x86_64": Arch(rpm="x86_64", deb="amd64")}
+# Every architecture `make packages` builds. GNU strip reads only its own architecture's
+# objects, so aarch64's are stripped by Debian's binutils-aarch64-linux-gnu.
+ARCHES = {
+    "x86_64": Arch(rpm="x86_64", deb="amd64"),
+    "aarch64": Arch(rpm="aarch64", deb="arm64", strip="aarch64-linux-gnu-strip"),
+}
 
 
 def log(msg: str) -> None:
@@ -138,8 +146,10 @@ def wheel_name_version(whl: Path) -> tuple[str, str]:
     return canonical(name), version
 
 
-def resolve(py: str, arch: Arch, dest: Path, deps: list[str]) -> list[Path]:
-    """pip download with resolution, for CPython ``py``.
+def resolve(
+    py: str, arch: Arch, dest: Path, deps: list[str], constraints: tuple[str, ...] = ()
+) -> list[Path]:
+    """pip download with resolution, for CPython ``py`` (``constraints``: pip -c args).
 
     pip evaluates the environment markers of dependencies (``typing-extensions;
     python_version < "3.11"``) for the interpreter running it, not for --python-version, so
@@ -147,8 +157,8 @@ def resolve(py: str, arch: Arch, dest: Path, deps: list[str]) -> list[Path]:
     """
     extra: list[str] = []
     for _ in range(5):
-        wheels = pip_download(py, arch, dest, deps + extra)
-        missing = sorted(missing_requirements(wheels, deps, py))
+        wheels = pip_download(py, arch, dest, [*deps, *extra, *constraints])
+        missing = sorted(missing_requirements(wheels, deps, py, arch))
         if not missing:
             return wheels
         log(f"CPython {py} also needs {', '.join(missing)} (markers pip judged for itself)")
@@ -156,11 +166,27 @@ def resolve(py: str, arch: Arch, dest: Path, deps: list[str]) -> list[Path]:
     raise SystemExit(f"build: cannot resolve a complete set for CPython {py}")
 
 
+def pinned(py: str, arch: Arch) -> list[str]:
+    """The ``name==version`` lines of a lock file, without their hashes."""
+    return re.findall(r"^([A-Za-z0-9._-]+==\S+)", lock_path(py, arch).read_text(), re.M)
+
+
 def lock(work: Path, arch: Arch) -> None:
-    """Resolve the dependencies for every CPython and pin them, with hashes, in lock/."""
+    """Resolve the dependencies for every CPython and pin them, with hashes, in lock/.
+
+    Every architecture but the first in ARCHES gets the versions the first one's current
+    lock pins (its files and hashes are its own): the packages of one release bundle the
+    same libraries everywhere. Lock the first one first after a dependency change.
+    """
     _, deps = project()
+    reference = next(iter(ARCHES.values()))
     for py in PYTHONS:
-        wheels = resolve(py, arch, work / "lock" / cp_tag(py), deps)
+        constraints: tuple[str, ...] = ()
+        if arch != reference and lock_is_current(py, reference, deps):
+            pins = work / "lock" / f"{cp_tag(py)}-constraints.txt"
+            write(pins, "\n".join(pinned(py, reference)) + "\n")
+            constraints = ("-c", str(pins))
+        wheels = resolve(py, arch, work / "lock" / cp_tag(py), deps, constraints)
         lines = [
             f"# The Python libraries bundled in nodeagent's packages for CPython {py} on "
             f"{arch.rpm}.",
@@ -245,26 +271,22 @@ def marker_environment(py: str, arch: Arch) -> dict[str, str]:
     }
 
 
-def wheel_requires(whl: Path, py: str) -> tuple[str, set[str]]:
-    """A wheel's distribution name and what it requires on CPython ``py`` (no extras)."""
+def wheel_requires(whl: Path, py: str, arch: Arch) -> tuple[str, set[str]]:
+    """A wheel's distribution name and what it requires on CPython ``py`` on ``arch``
+    (no extras)."""
     from packaging.requirements import Requirement  # pip's own dependency, in every venv
 
     with zipfile.ZipFile(whl) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         msg = email.parser.HeaderParser().parsestr(z.read(meta).decode("utf-8"))
     name = canonical(msg["Name"])
-    env = marker_environment(py, ARCHES[wheel_arch(whl)])
+    env = marker_environment(py, arch)
     needs = set()
     for line in msg.get_all("Requires-Dist") or []:
         req = Requirement(line)
         if req.marker is None or req.marker.evaluate(env):
             needs.add(canonical(req.name))
     return name, needs
-
-
-def wheel_arch(whl: Path) -> str:
-    """The architecture a wheel is for (a pure one: the only one we build)."""
-    return next((a for a in ARCHES if whl.name.endswith(f"_{a}.whl")), "x86_64")
 
 
 def requirement_name(req: str) -> str:
@@ -274,12 +296,14 @@ def requirement_name(req: str) -> str:
     return canonical(m.group(1))
 
 
-def walk(wheels: list[Path], deps: list[str], py: str, cut: bool) -> tuple[set[str], set[str]]:
-    """The distributions reachable from ``deps`` on CPython ``py`` (with CUT_REQUIREMENTS
-    applied when ``cut``), and the required ones that are not among ``wheels``."""
+def walk(
+    wheels: list[Path], deps: list[str], py: str, arch: Arch, cut: bool
+) -> tuple[set[str], set[str]]:
+    """The distributions reachable from ``deps`` on CPython ``py`` on ``arch`` (with
+    CUT_REQUIREMENTS applied when ``cut``), and the required ones not among ``wheels``."""
     graph = {}
     for whl in wheels:
-        name, needs = wheel_requires(whl, py)
+        name, needs = wheel_requires(whl, py, arch)
         graph[name] = needs - CUT_REQUIREMENTS.get(name, set()) if cut else needs
     todo = [requirement_name(d) for d in deps]
     seen: set[str] = set()
@@ -296,13 +320,13 @@ def walk(wheels: list[Path], deps: list[str], py: str, cut: bool) -> tuple[set[s
     return seen - missing, missing
 
 
-def missing_requirements(wheels: list[Path], deps: list[str], py: str) -> set[str]:
-    return walk(wheels, deps, py, cut=False)[1]
+def missing_requirements(wheels: list[Path], deps: list[str], py: str, arch: Arch) -> set[str]:
+    return walk(wheels, deps, py, arch, cut=False)[1]
 
 
-def needed(wheels: list[Path], deps: list[str], py: str) -> list[Path]:
+def needed(wheels: list[Path], deps: list[str], py: str, arch: Arch) -> list[Path]:
     """The wheels reachable from nodeagent's dependencies (after CUT_REQUIREMENTS)."""
-    reachable, missing = walk(wheels, deps, py, cut=True)
+    reachable, missing = walk(wheels, deps, py, arch, cut=True)
     if missing:
         raise SystemExit(
             f"build: CPython {py} needs {sorted(missing)}, which packaging/lock/ lacks: "
@@ -351,10 +375,12 @@ def lib_dir_name(pythons: list[str]) -> str:
     return "+".join(cp_tag(py) for py in pythons)
 
 
-def bundle(stage: Path, wheels: dict[str, list[Path]], deps: list[str]) -> None:
+def bundle(
+    stage: Path, wheels: dict[str, list[Path]], deps: list[str], arch: Arch = ARCHES["x86_64"]
+) -> None:
     """Unpack each wheel once, into the lib/ directory of the CPythons that use that file."""
     lib = stage / PREFIX / "lib"
-    use = {py: needed(ws, deps, py) for py, ws in wheels.items()}
+    use = {py: needed(ws, deps, py, arch) for py, ws in wheels.items()}
     users: dict[str, list[str]] = {}
     files: dict[str, Path] = {}
     for py, ws in use.items():
@@ -378,10 +404,10 @@ def bundle(stage: Path, wheels: dict[str, list[Path]], deps: list[str]) -> None:
     bad = [p.name for p in lib.glob("*/*") if p.name in ("pip", "setuptools", "wheel")]
     if bad:
         raise SystemExit(f"build: the bundle must not contain {bad}")
-    strip(lib)
+    strip(lib, arch)
 
 
-def strip(lib: Path) -> None:
+def strip(lib: Path, arch: Arch) -> None:
     """Strip the extension modules some wheels ship unstripped, as dh_strip and rpm's
     brp-strip would (their dynamic symbols stay: they load the same, only smaller)."""
     objects = []
@@ -391,7 +417,7 @@ def strip(lib: Path) -> None:
                 objects.append(str(p))
     if objects:
         flags = ["--strip-unneeded", "--remove-section=.comment", "--remove-section=.note"]
-        run(["strip", *flags, *objects])
+        run([arch.strip, *flags, *objects])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -601,7 +627,7 @@ class Inputs:
 def stage_common(
     stage: Path, inp: Inputs, wheels: dict[str, list[Path]], deps: list[str]
 ) -> list[Dist]:
-    bundle(stage, wheels, deps)
+    bundle(stage, wheels, deps, inp.arch)
     unit_names = [u.name for u in inp.units]
     write(stage / "usr/bin/nodeagent", (HERE / "launcher.py").read_text(), 0o755)
     maint = (HERE / "scripts" / "nodeagent-maint").read_text()
@@ -773,45 +799,60 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("command", nargs="?", choices=("packages", "lock"), default="packages")
     p.add_argument("--dist", type=Path, default=REPO / "dist", help="where the packages go")
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp)")
-    p.add_argument("--arch", choices=sorted(ARCHES), default="x86_64")
+    p.add_argument(
+        "--arch",
+        choices=sorted(ARCHES),
+        action="append",
+        help="build (or lock) for this architecture only; repeatable (default: every one)",
+    )
     p.add_argument("--only", choices=("deb", "rpm"), help="build one format only")
     p.add_argument("--locked", action="store_true", help="fail if packaging/lock/ is stale")
     p.add_argument("--systemd-dir", type=Path, default=REPO / "systemd")
     p.add_argument("--cloud-init-dir", type=Path, default=REPO / "cloud-init")
     a = p.parse_args(argv)
-    arch = ARCHES[a.arch]
+    # In ARCHES order: `lock` pins the others to the first one's versions.
+    arches = [arch for name, arch in ARCHES.items() if name in (a.arch or ARCHES)]
     with tempfile.TemporaryDirectory(prefix="nodeagent-build-") as tmp:
         work = (a.work or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        if a.command == "lock":
-            lock(work, arch)
-            return 0
-        version, deps = project()
-        inp = Inputs(
-            version=version,
-            arch=arch,
-            units=find_units(a.systemd_dir),
-            cloud_init=sorted(a.cloud_init_dir.glob("*.yaml")) if a.cloud_init_dir.is_dir() else [],
-            epoch=source_epoch(),
-            maintainer=os.environ.get("NODEAGENT_MAINTAINER", DEFAULT_MAINTAINER),
-        )
-        if not inp.cloud_init:
-            log(f"warning: no cloud-init examples in {a.cloud_init_dir}")
-        wheels = download_all(work, arch, deps, a.locked)
-        stage = work / "stage"
-        if stage.exists():
-            shutil.rmtree(stage)
-        dists = stage_common(stage, inp, wheels, deps)
-        dist = a.dist.resolve()
-        dist.mkdir(parents=True, exist_ok=True)
-        built = []
-        if a.only in (None, "deb"):
-            built.append(build_deb(stage, work, dist, inp, dists))
-        if a.only in (None, "rpm"):
-            built.append(build_rpm(stage, work, dist, inp, dists))
-        for path in built:
-            log(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
+        for arch in arches:
+            # Each architecture has its own scratch tree: wheels, stage, deb and rpm roots.
+            if a.command == "lock":
+                lock(work / arch.rpm, arch)
+            else:
+                build_arch(a, arch, work / arch.rpm)
     return 0
+
+
+def build_arch(a: argparse.Namespace, arch: Arch, work: Path) -> None:
+    """The .deb and .rpm (or the one --only names) for one architecture."""
+    version, deps = project()
+    inp = Inputs(
+        version=version,
+        arch=arch,
+        units=find_units(a.systemd_dir),
+        cloud_init=sorted(a.cloud_init_dir.glob("*.yaml")) if a.cloud_init_dir.is_dir() else [],
+        epoch=source_epoch(),
+        maintainer=os.environ.get("NODEAGENT_MAINTAINER", DEFAULT_MAINTAINER),
+    )
+    if not inp.cloud_init:
+        log(f"warning: no cloud-init examples in {a.cloud_init_dir}")
+    if shutil.which(arch.strip) is None:
+        raise SystemExit(f"build: {arch.strip} not found: it strips the {arch.rpm} objects")
+    wheels = download_all(work, arch, deps, a.locked)
+    stage = work / "stage"
+    if stage.exists():
+        shutil.rmtree(stage)
+    dists = stage_common(stage, inp, wheels, deps)
+    dist = a.dist.resolve()
+    dist.mkdir(parents=True, exist_ok=True)
+    built = []
+    if a.only in (None, "deb"):
+        built.append(build_deb(stage, work, dist, inp, dists))
+    if a.only in (None, "rpm"):
+        built.append(build_rpm(stage, work, dist, inp, dists))
+    for path in built:
+        log(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ UNITS = sorted(  # as packaging/build.py finds them
     "nodeagent.service",
 ]
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+# `make packages` builds every architecture: RPM's name -> Debian's. The tests that inspect or
+# lint a package run for each; those that run the bundle run the x86_64 one (this machine's);
+# tests/test_arm64.py runs the arm64 .deb under emulation.
+ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 # The NVIDIA nodes of the fake /dev: path under dev/, major, minor.
 NVIDIA_NODES = [
@@ -76,16 +80,19 @@ def need_root() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Built:
-    deb: Path
+    deb: Path  # this machine's (x86_64), which the tests run
     rpm: Path
     version: str
     work: Path
     seconds: float
+    debs: dict[str, Path]  # every architecture's, by RPM name (x86_64, aarch64)
+    rpms: dict[str, Path]
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     need_tools(("make", "make"), ("dpkg-deb", "dpkg"), ("rpmbuild", "rpm"), ("strip", "binutils"))
+    need_tools(("aarch64-linux-gnu-strip", "binutils-aarch64-linux-gnu"))
     tmp = tmp_path_factory.mktemp("packages")
     args = [f"DIST={tmp / 'dist'}", f"WORK={tmp / 'work'}", f"PYTHON={sys.executable}"]
     if not (REPO / "systemd" / "nodeagent.service").exists():  # stand-ins, never in the repo
@@ -103,12 +110,21 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     import tomlkit
 
     version = str(tomlkit.parse((REPO / "pyproject.toml").read_text())["project"]["version"])  # type: ignore[index]
-    deb = tmp / "dist" / f"nodeagent_{version}_amd64.deb"
-    rpm = tmp / "dist" / f"nodeagent-{version}-1.x86_64.rpm"
-    assert deb.is_file() and rpm.is_file(), sorted(p.name for p in (tmp / "dist").iterdir())
-    sizes = f".deb {deb.stat().st_size >> 20} MiB, .rpm {rpm.stat().st_size >> 20} MiB"
-    print(f"built in {seconds:.0f} s: {sizes}")
-    return Built(deb=deb, rpm=rpm, version=version, work=tmp / "work", seconds=seconds)
+    debs = {a: tmp / "dist" / f"nodeagent_{version}_{d}.deb" for a, d in ARCHES.items()}
+    rpms = {a: tmp / "dist" / f"nodeagent-{version}-1.{a}.rpm" for a in ARCHES}
+    for path in [*debs.values(), *rpms.values()]:
+        assert path.is_file(), sorted(p.name for p in (tmp / "dist").iterdir())
+        print(f"{path.name}: {path.stat().st_size >> 20} MiB")
+    print(f"built in {seconds:.0f} s")
+    return Built(
+        deb=debs["x86_64"],
+        rpm=rpms["x86_64"],
+        version=version,
+        work=tmp / "work",
+        seconds=seconds,
+        debs=debs,
+        rpms=rpms,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -139,8 +155,9 @@ def pyenv_python(version: str) -> str:
 # --- .deb -----------------------------------------------------------------------------------
 
 
-def test_deb_declares_only_python3_and_a_conffile(built: Built) -> None:
-    info = ok(["dpkg-deb", "--info", str(built.deb)])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_deb_declares_only_python3_and_a_conffile(built: Built, arch: str) -> None:
+    info = ok(["dpkg-deb", "--info", str(built.debs[arch])])
     fields = dict(
         line.strip().split(": ", 1)
         for line in info.splitlines()
@@ -148,15 +165,15 @@ def test_deb_declares_only_python3_and_a_conffile(built: Built) -> None:
     )
     assert fields["Package"] == "nodeagent"
     assert fields["Version"] == built.version
-    assert fields["Architecture"] == "amd64"
+    assert fields["Architecture"] == ARCHES[arch]
     depends = [d.strip() for d in fields["Depends"].split(",")]
     assert "python3 (>= 3.9)" in depends
     assert all(d.startswith(("python3 ", "libc6 ")) for d in depends), depends
     for field in ("Pre-Depends", "Recommends", "Suggests"):
         assert field not in fields
-    ctrl = built.work / "ctrl"
+    ctrl = built.work / f"ctrl-{arch}"
     shutil.rmtree(ctrl, ignore_errors=True)
-    ok(["dpkg-deb", "--control", str(built.deb), str(ctrl)])
+    ok(["dpkg-deb", "--control", str(built.debs[arch]), str(ctrl)])
     assert (ctrl / "conffiles").read_text().split() == ["/etc/nodeagent/config.yaml"]
     for script in ("postinst", "prerm", "postrm"):
         assert (ctrl / script).stat().st_mode & 0o111, script
@@ -164,8 +181,9 @@ def test_deb_declares_only_python3_and_a_conffile(built: Built) -> None:
         assert "pip " not in text and "pip3" not in text and "curl" not in text, script
 
 
-def test_deb_contents(built: Built) -> None:
-    listing = ok(["dpkg-deb", "--contents", str(built.deb)])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_deb_contents(built: Built, arch: str) -> None:
+    listing = ok(["dpkg-deb", "--contents", str(built.debs[arch])])
     rows = {line.split()[-1].lstrip("."): line for line in listing.splitlines()}
     paths = set(rows)
     assert rows["/usr/bin/nodeagent"].startswith("-rwxr-xr-x root/root")
@@ -189,7 +207,8 @@ def test_deb_contents(built: Built) -> None:
         tag = "cp" + py.replace(".", "")
         assert f"/opt/nodeagent/lib/{tag}/" in paths
         assert any(
-            p.startswith(f"/opt/nodeagent/lib/{tag}/yaml/_yaml.cpython-{tag[2:]}") for p in paths
+            p.startswith(f"/opt/nodeagent/lib/{tag}/yaml/_yaml.cpython-{tag[2:]}-{arch}-linux-gnu")
+            for p in paths
         )
     # No pip or build tools, no bytecode, and not the asyncio client nodeagent never imports.
     top = {
@@ -202,9 +221,10 @@ def test_deb_contents(built: Built) -> None:
     ]
 
 
-def test_lintian_is_clean(built: Built) -> None:
+@pytest.mark.parametrize("arch", ARCHES)
+def test_lintian_is_clean(built: Built, arch: str) -> None:
     need_tools(("lintian", "lintian"))
-    r = run(["lintian", "--fail-on", "error,warning", "--display-info", str(built.deb)])
+    r = run(["lintian", "--fail-on", "error,warning", "--display-info", str(built.debs[arch])])
     tags = [line for line in r.stdout.splitlines() if line[:2] in ("E:", "W:", "I:")]
     assert r.returncode == 0 and not tags, r.stdout + r.stderr
 
@@ -212,19 +232,22 @@ def test_lintian_is_clean(built: Built) -> None:
 # --- .rpm -----------------------------------------------------------------------------------
 
 
-def rpmq(built: Built, *args: str) -> str:
-    return ok(["rpm", "-qp", *args, str(built.rpm)], env={**CLEAN_ENV, "HOME": "/nonexistent"})
+def rpmq(built: Built, *args: str, arch: str = "x86_64") -> str:
+    env = {**CLEAN_ENV, "HOME": "/nonexistent"}
+    return ok(["rpm", "-qp", *args, str(built.rpms[arch])], env=env)
 
 
-def test_rpm_requires_only_python3_and_has_no_python_generators(built: Built) -> None:
+@pytest.mark.parametrize("arch", ARCHES)
+def test_rpm_requires_only_python3_and_has_no_python_generators(built: Built, arch: str) -> None:
     need_tools(("rpm", "rpm"))
-    requires = rpmq(built, "--requires").splitlines()
+    assert rpmq(built, "--qf", "%{ARCH}", arch=arch) == arch
+    requires = rpmq(built, "--requires", arch=arch).splitlines()
     user = [r for r in requires if not r.startswith(("rpmlib(", "/bin/sh"))]
     assert user == ["(python3 >= 3.9 or python39 or python3.11 or python3.12)"], requires
-    provides = rpmq(built, "--provides")
+    provides = rpmq(built, "--provides", arch=arch)
     assert "python3dist" not in provides and "python(abi)" not in provides, provides
     assert "python3dist" not in "".join(requires)
-    files = set(rpmq(built, "-l").splitlines())
+    files = set(rpmq(built, "-l", arch=arch).splitlines())
     assert {
         "/usr/bin/nodeagent",
         "/etc/nodeagent/config.yaml",
@@ -235,14 +258,16 @@ def test_rpm_requires_only_python3_and_has_no_python_generators(built: Built) ->
     assert not [f for f in files if f.endswith(".pyc") or "/.build-id/" in f]
     flags = dict(
         line.split(" ", 1)[::-1]
-        for line in rpmq(built, "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]").splitlines()
+        for line in rpmq(
+            built, "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", arch=arch
+        ).splitlines()
     )
     assert set(flags["/etc/nodeagent/config.yaml"]) >= {"c", "n"}  # %config(noreplace)
     assert (
         "%config(noreplace) %{_sysconfdir}/nodeagent/config.yaml"
         in (REPO / "packaging/rpm/nodeagent.spec.in").read_text()
     )
-    scripts = rpmq(built, "--scripts")
+    scripts = rpmq(built, "--scripts", arch=arch)
     for scriptlet in ("postinstall", "preuninstall", "postuninstall"):
         assert f"{scriptlet} scriptlet (using /bin/sh)" in scripts
     assert "stat -L -c '%t %T'" in scripts  # the %-escaping survived rpmbuild
@@ -255,9 +280,10 @@ def test_rpm_requires_only_python3_and_has_no_python_generators(built: Built) ->
     assert commands == [], commands  # never touches docker or containerd
 
 
-def test_rpmlint_is_clean(built: Built) -> None:
+@pytest.mark.parametrize("arch", ARCHES)
+def test_rpmlint_is_clean(built: Built, arch: str) -> None:
     need_tools(("rpmlint", "rpmlint"))
-    r = run(["rpmlint", "-r", str(REPO / "packaging/rpmlintrc"), str(built.rpm)])
+    r = run(["rpmlint", "-r", str(REPO / "packaging/rpmlintrc"), str(built.rpms[arch])])
     assert r.returncode == 0 and " 0 errors, 0 warnings" in r.stdout, r.stdout + r.stderr
 
 
@@ -692,13 +718,17 @@ def test_a_stale_lock_is_noticed() -> None:
     """packaging/lock/ pins the bundle only while it matches pyproject.toml's dependencies
     (the build resolves afresh, with a warning, or fails with --locked, otherwise)."""
     build = runpy.run_path(str(REPO / "packaging/build.py"), run_name="packaging_build")
-    arch = build["ARCHES"]["x86_64"]
+    assert sorted(build["ARCHES"]) == sorted(ARCHES)
     for py in PYTHONS:
-        line = next(
-            x
-            for x in build["lock_path"](py, arch).read_text().splitlines()
-            if x.startswith("# dependencies: ")
-        )
-        deps = line.removeprefix("# dependencies: ").split("; ")
-        assert build["lock_is_current"](py, arch, deps)
-        assert not build["lock_is_current"](py, arch, [*deps, "something-new>=1"])
+        for arch in build["ARCHES"].values():
+            line = next(
+                x
+                for x in build["lock_path"](py, arch).read_text().splitlines()
+                if x.startswith("# dependencies: ")
+            )
+            deps = line.removeprefix("# dependencies: ").split("; ")
+            assert build["lock_is_current"](py, arch, deps)
+            assert not build["lock_is_current"](py, arch, [*deps, "something-new>=1"])
+        # aarch64 bundles the versions x86_64 does (its own files and hashes).
+        x86, arm = (build["ARCHES"][a] for a in ("x86_64", "aarch64"))
+        assert build["pinned"](py, arm) == build["pinned"](py, x86)
