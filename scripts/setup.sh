@@ -3,7 +3,7 @@
 # a virtualenv in .venv with the project and its test dependencies.
 set -euo pipefail
 
-NODEAGENT_APT_PACKAGES=(gcc libc6-dev docker.io containerd busybox-static cloud-init make binutils python3 lintian rpm rpmlint shellcheck debootstrap systemd-container prometheus dpkg-dev iproute2 openssl apt-utils createrepo-c gpg)
+NODEAGENT_APT_PACKAGES=(gcc libc6-dev docker.io containerd busybox-static cloud-init make binutils python3 lintian rpm rpmlint shellcheck debootstrap systemd-container prometheus dpkg-dev iproute2 openssl apt-utils createrepo-c gpg qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross)
 
 install_apt_packages() {
   local missing=()

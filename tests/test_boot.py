@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from tests.e2e import rootfs
-from tests.e2e.machine import Machine
+from tests.e2e.machine import Machine, install_kubelet_conf
 from tests.fakenvml.build import build as build_fakenvml
 from tests.fakenvml.build import profile
 from tests.kubeapi import KubeAPIServer
@@ -57,7 +57,16 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The .deb as `make packages` builds it (its wheel cache under build/ is reused)."""
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "packaging/build.py", "--dist", str(dist), "--only", "deb"],
+        [
+            sys.executable,
+            "packaging/build.py",
+            "--dist",
+            str(dist),
+            "--only",
+            "deb",
+            "--arch",
+            "x86_64",
+        ],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -162,22 +171,7 @@ class Cluster:
         """/etc/kubernetes/kubelet.conf and its files, as `kubeadm join` leaves them."""
         tmp = self.srv.workdir / "node.kubeconfig"
         self.srv.node_kubeconfig(tmp, NODE)
-        doc = yaml.safe_load(tmp.read_text())
-        pki = self.machine.root / "etc/kubernetes/pki"
-        pki.mkdir(parents=True, exist_ok=True)
-        for section, keys in (
-            ("clusters", ("certificate-authority",)),
-            ("users", ("client-certificate", "client-key")),
-        ):
-            for item in doc[section]:
-                body = item.get("cluster") or item.get("user")
-                for k in keys:
-                    src = Path(body[k])
-                    (pki / src.name).write_bytes(src.read_bytes())
-                    body[k] = f"/etc/kubernetes/pki/{src.name}"
-        conf = self.machine.root / "etc/kubernetes/kubelet.conf"
-        conf.write_text(yaml.safe_dump(doc, sort_keys=False))
-        conf.chmod(0o600)
+        install_kubelet_conf(self.machine.root, tmp)
 
     def close(self) -> None:
         self.controller.stop()

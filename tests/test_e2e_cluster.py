@@ -37,13 +37,12 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 import pytest
-import yaml
 
 from tests.cluster.build import BuildError, binaries
 from tests.cluster.controlplane import ADMIN, CONTROLLER, ControlPlane, node_identity
 from tests.deviceplugin_peer import DevicePluginPeer
 from tests.e2e import realkubelet
-from tests.e2e.machine import Machine, in_netns, named_netns
+from tests.e2e.machine import Machine, in_netns, install_kubelet_conf, named_netns
 from tests.fakenvml.build import profile
 from tests.realparts import skip_or_fail
 from tests.test_boot import (
@@ -169,22 +168,7 @@ def taints(node: dict[str, Any]) -> list[str]:
 
 def install_credential(m: Machine, plane: ControlPlane) -> None:
     """/etc/kubernetes/kubelet.conf and its files, as ``kubeadm join`` leaves them."""
-    src = yaml.safe_load(plane.kubeconfig(node_identity(NODE)).read_text())
-    pki = m.root / "etc/kubernetes/pki"
-    pki.mkdir(parents=True, exist_ok=True)
-    for section, keys in (
-        ("clusters", ("certificate-authority",)),
-        ("users", ("client-certificate", "client-key")),
-    ):
-        for item in src[section]:
-            body = item.get("cluster") or item.get("user")
-            for k in keys:
-                f = Path(body[k])
-                (pki / f.name).write_bytes(f.read_bytes())
-                body[k] = f"/etc/kubernetes/pki/{f.name}"
-    conf = m.root / "etc/kubernetes/kubelet.conf"
-    conf.write_text(yaml.safe_dump(src, sort_keys=False))
-    conf.chmod(0o600)
+    install_kubelet_conf(m.root, plane.kubeconfig(node_identity(NODE)))
 
 
 class World(NamedTuple):

@@ -255,30 +255,27 @@ class ControlPlane:
 
     def start_scheduler(self) -> None:
         """kube-scheduler with its own identity (``system:kube-scheduler``)."""
-        kc = self.kubeconfig(Identity("system:kube-scheduler"))
-        part = self._launch(
-            "kube-scheduler",
-            [
-                str(self.bins.path("kube-scheduler")),
-                f"--kubeconfig={kc}",
-                f"--authentication-kubeconfig={kc}",
-                f"--authorization-kubeconfig={kc}",
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={free_port()}",
-                "--port=0",
-                f"--cert-dir={self.dir / 'scheduler-certs'}",
-            ],
-        )
-        self._wait(part, "kube-scheduler running", lambda: self._running_for(part, 2.0))
+        self._start_component("kube-scheduler", "system:kube-scheduler")
 
     def start_controller_manager(self) -> None:
         """kube-controller-manager (``system:kube-controller-manager``); it signs SA tokens."""
-        kc = self.kubeconfig(Identity("system:kube-controller-manager"))
-        part = self._launch(
+        self._start_component(
             "kube-controller-manager",
+            "system:kube-controller-manager",
+            f"--service-account-private-key-file={self._sa_key}",
+            f"--root-ca-file={self.pki.ca_cert}",
+            "--use-service-account-credentials=true",
+        )
+
+    def _start_component(self, name: str, user: str, *extra: str) -> None:
+        """A control-plane component with identity ``user``: its kubeconfig for the API and
+        for delegated authn/authz, no leader election, its own serving port; up once it has
+        run 2 s (a bad flag or credential ends it sooner)."""
+        kc = self.kubeconfig(Identity(user))
+        part = self._launch(
+            name,
             [
-                str(self.bins.path("kube-controller-manager")),
+                str(self.bins.path(name)),
                 f"--kubeconfig={kc}",
                 f"--authentication-kubeconfig={kc}",
                 f"--authorization-kubeconfig={kc}",
@@ -286,13 +283,11 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
                 "--port=0",
-                f"--service-account-private-key-file={self._sa_key}",
-                f"--root-ca-file={self.pki.ca_cert}",
-                "--use-service-account-credentials=true",
-                f"--cert-dir={self.dir / 'controller-manager-certs'}",
+                f"--cert-dir={self.dir / (name.removeprefix('kube-') + '-certs')}",
+                *extra,
             ],
         )
-        self._wait(part, "kube-controller-manager running", lambda: self._running_for(part, 2.0))
+        self._wait(part, f"{name} running", lambda: self._running_for(part, 2.0))
 
     @staticmethod
     def _running_for(part: Part, seconds: float) -> bool:

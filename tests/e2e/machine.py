@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import yaml
+
 CLONE_NEWNET = 0x40000000
 
 # A test-image-only unit: docker run needs the cgroup v1 controllers writable inside nspawn.
@@ -289,6 +291,28 @@ def named_netns(name: str) -> Iterator[Path]:
         yield Path("/run/netns") / name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+
+
+def install_kubelet_conf(root: Path, kubeconfig: Path) -> None:
+    """``/etc/kubernetes/kubelet.conf`` under the machine's ``root`` and the certificate
+    files it names under ``/etc/kubernetes/pki``, as ``kubeadm join`` leaves them, from a
+    host-side ``kubeconfig`` whose files are absolute host paths."""
+    doc = yaml.safe_load(kubeconfig.read_text())
+    pki = root / "etc/kubernetes/pki"
+    pki.mkdir(parents=True, exist_ok=True)
+    for section, keys in (
+        ("clusters", ("certificate-authority",)),
+        ("users", ("client-certificate", "client-key")),
+    ):
+        for item in doc[section]:
+            body = item.get("cluster") or item.get("user")
+            for k in keys:
+                src = Path(body[k])
+                (pki / src.name).write_bytes(src.read_bytes())
+                body[k] = f"/etc/kubernetes/pki/{src.name}"
+    conf = root / "etc/kubernetes/kubelet.conf"
+    conf.write_text(yaml.safe_dump(doc, sort_keys=False))
+    conf.chmod(0o600)
 
 
 def _rmdir_tree(d: Path) -> None:
