@@ -8,15 +8,21 @@ namespace, started before it boots, as a cluster's control plane is there before
 joins. A device-plugin peer (tests/deviceplugin_peer.py, the kubelet's v1beta1 API over
 grpcio) serves the simulated GPUs' UUIDs through the machine's device-plugins directory, bind-
 mounted from the host, so the **kubelet itself** advertises ``nvidia.com/gpu``.
-``nodeagent controller`` runs with exactly deploy/controller.yaml's RBAC, as its service
-account.
+``nodeagent controller`` runs **as a pod of deploy/controller.yaml** on that kubelet (issue 14,
+item 2): the image ``make image`` builds, ``docker load``-ed in the machine under the
+Deployment's image name; the manifest's RBAC, ConfigMap and Deployment applied as written,
+with the changes this single-node machine needs (host network, the API server's loopback
+address for the in-cluster config, a not-ready toleration: tests/e2e/controllerpod.py says
+why each); kube-controller-manager runs the Deployment and signs the service account's token,
+which the kubelet mounts.
 
 Then, with nothing driven by hand: the agent's bootstrap (before the kubelet) puts the nvidia
 runtime into docker and the labels and startup taint into the kubelet's args; the kubelet
 registers the Node with them; the seeds' pod (``limits: nvidia.com/gpu: 1``) stays Pending on
 the untolerated taint; the device plugin registers, the agent reports GPUReady, the controller
-lifts the taint, the real scheduler binds the pod, the kubelet runs it through the nvidia
-runtime stand-in with the allocated GPU's UUID in ``NVIDIA_VISIBLE_DEVICES``. A second pod
+pod lifts the taint (the audit log shows the patch by its service account), the real
+scheduler binds the pod, the kubelet runs it through the nvidia runtime stand-in with the
+allocated GPU's UUID in ``NVIDIA_VISIBLE_DEVICES``. A second pod
 asking for 9 GPUs stays Pending on "Insufficient nvidia.com/gpu" — the scheduler counts what
 the kubelet advertises. The agent's metrics say which pod holds the GPU (the real kubelet's
 pod-resources API). Times from the machine's start are printed and kept for
@@ -29,7 +35,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,7 +46,7 @@ import pytest
 from tests.cluster.build import BuildError, binaries
 from tests.cluster.controlplane import ADMIN, CONTROLLER, ControlPlane, node_identity
 from tests.deviceplugin_peer import DevicePluginPeer
-from tests.e2e import realkubelet
+from tests.e2e import controllerpod, realkubelet
 from tests.e2e.machine import Machine, in_netns, install_kubelet_conf, named_netns
 from tests.fakenvml.build import profile
 from tests.realparts import skip_or_fail
@@ -57,7 +62,6 @@ from tests.test_boot import (
 
 __all__ = ["deb", "fakenvml", "pristine"]  # module fixtures shared with test_boot
 
-REPO = Path(__file__).resolve().parents[1]
 CONDITION = "nvidia.com/GPUReady"
 TAINT = "readiness.k8s.io/nvidia-gpu-not-ready"
 
@@ -88,7 +92,7 @@ def pod(name: str, gpus: int) -> dict[str, Any]:
             "automountServiceAccountToken": False,
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
-            # no node lifecycle controller here: tolerate the kubelet's own not-ready taint
+            # the not-ready taint (the kubelet's, the node lifecycle controller's) while it boots
             "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}],
             "containers": [
                 {
@@ -116,6 +120,11 @@ class Flow:
         self.machine = machine
         self.seen: dict[str, float] = {}
         self.pending_messages: list[str] = []
+        self.watched: dict[str, Callable[[], bool]] = {}  # marked by every wait's polls
+
+    def watch(self, what: str, probe: Callable[[], bool]) -> None:
+        """Mark ``what`` when ``probe()`` first holds, polled while any step is waited for."""
+        self.watched[what] = probe
 
     def since_boot(self) -> float:
         return time.monotonic() - self.machine.booted_at
@@ -143,6 +152,9 @@ class Flow:
             msg = self.scheduled_message("gpu-pod")
             if msg and msg not in self.pending_messages:
                 self.pending_messages.append(msg)
+            for name, watched in list(self.watched.items()):
+                if name not in self.seen and watched():
+                    self.mark(name)
             if probe():
                 self.mark(what)
                 return self.seen[what]
@@ -152,6 +164,7 @@ class Flow:
             f"{self.plane.report(15)}\n--- kubelet ---\n"
             f"{self.machine.journal('-u', 'kubelet', '-n', '40')}\n--- agent ---\n"
             f"{self.machine.journal('-u', 'nodeagent', '-u', 'nodeagent-bootstrap', '-n', '40')}"
+            f"\n--- controller pod ---\n{controllerpod.logs(self.machine)[-2000:]}"
         )
 
 
@@ -171,18 +184,34 @@ def install_credential(m: Machine, plane: ControlPlane) -> None:
     install_kubelet_conf(m.root, plane.kubeconfig(node_identity(NODE)))
 
 
+@pytest.fixture(scope="module")
+def controller_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The controller image archive (``make image``'s build), named as the Deployment says."""
+    reason = controllerpod.why_not()
+    if reason:
+        skip_or_fail("controller image build", reason)
+    return controllerpod.build(tmp_path_factory.mktemp("image") / controllerpod.ARCHIVE)
+
+
 class World(NamedTuple):
     machine: Machine
     plane: ControlPlane
     plugins: Path  # the kubelet's device-plugins directory, bind-mounted from here
     scenario: str
+    image: str  # the controller image's archive, inside the machine
 
 
 @pytest.fixture(params=["prebaked-image", "cloud-init-install"])
 def world(
-    request: pytest.FixtureRequest, pristine: Path, deb: Path, fakenvml: Path, tmp_path: Path
+    request: pytest.FixtureRequest,
+    pristine: Path,
+    deb: Path,
+    fakenvml: Path,
+    controller_image: Path,
+    tmp_path: Path,
 ) -> Iterator[World]:
-    """The machine, the control plane in its network, the device-plugins directory.
+    """The machine (the controller image's archive under its root), the control plane in
+    its network (the scheduler and the controller-manager too), the device-plugins directory.
 
     ``prebaked-image``: the package is in the image and its units and the kubelet's are
     enabled; ``cloud-init-install``: cloud-init installs the .deb at first boot
@@ -228,11 +257,14 @@ def world(
                 (m.root / "etc/nodeagent/config.yaml").write_text(AGENT_CONFIG)
                 units = ["nodeagent-bootstrap.service", "nodeagent.service", "kubelet.service"]
                 subprocess.run(["chroot", str(m.root), "systemctl", "enable", *units], check=True)
+            image = controllerpod.seed(m, controller_image)
             with in_netns(ns):  # this thread, and all it starts, in the machine's network
                 plane.start()
                 plane.start_scheduler()
+                # the Deployment's pod, the service account's token Secret, node lifecycle
+                plane.start_controller_manager()
                 install_credential(m, plane)
-                yield World(m, plane, plugins, request.param)
+                yield World(m, plane, plugins, request.param, image)
         finally:
             plane.stop()
             m.teardown()
@@ -242,23 +274,17 @@ def world(
 def test_boot_to_gpu_pod_running_on_a_real_kubelet_and_scheduler(
     world: World,
 ) -> None:
-    m, plane, plugins, scenario = world
-    plane.apply_controller_rbac()
+    m, plane, plugins, scenario, image = world
     plane.must(
         plane.request(
             "POST",
             "/api/v1/namespaces/default/serviceaccounts",
-            {"metadata": {"name": "default"}},  # no controller-manager: made by hand
+            # the controller-manager makes it too; the GPU pod must not race it
+            {"metadata": {"name": "default"}},
         ),
         201,
         409,
     )
-    with (plane.logs / "controller.log").open("wb") as log:
-        controller = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent", "controller", "--kubeconfig",
-             str(plane.kubeconfig(CONTROLLER))],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
     uuids = [g["uuid"] for g in json.loads(profile("h100x8").read_text())["gpus"]]
     peer: Optional[DevicePluginPeer] = None
     try:
@@ -268,6 +294,12 @@ def test_boot_to_gpu_pod_running_on_a_real_kubelet_and_scheduler(
         # the images a registry would serve, once the machine's docker runs
         flow.wait("docker", lambda: m.unit_active("docker.service"), 60)
         realkubelet.import_images(m)
+        # the controller's image, under the Deployment's name, before the Deployment exists
+        loaded = controllerpod.load(m, image)
+        assert controllerpod.deployment_image() in loaded, loaded
+        flow.mark("controller image loaded")
+        controllerpod.apply(plane)
+        flow.watch("controller pod running", lambda: controllerpod.running(plane))
         flow.wait("Node registered", lambda: bool(flow.node()), 90)
         node = flow.node()
         assert TAINT in taints(node), taints(node)  # from the agent's args, at registration
@@ -290,6 +322,7 @@ def test_boot_to_gpu_pod_running_on_a_real_kubelet_and_scheduler(
             60,
         )
         flow.wait("GPUReady=True", lambda: condition(flow.node()).get("status") == "True", 90)
+        flow.wait("controller pod running", lambda: controllerpod.running(plane), 90)
         flow.wait("taint lifted", lambda: TAINT not in taints(flow.node()), 60)
         flow.wait("pod bound", lambda: bool(flow.pod("gpu-pod")["spec"].get("nodeName")), 60)
         flow.wait(
@@ -301,6 +334,7 @@ def test_boot_to_gpu_pod_running_on_a_real_kubelet_and_scheduler(
             flow.pending_messages
         )
         assert flow.seen["pod bound"] >= flow.seen["taint lifted"]
+        assert flow.seen["controller pod running"] <= flow.seen["taint lifted"]
 
         # the container ran through the nvidia runtime with the GPU the plugin allocated
         def logs() -> str:
@@ -347,12 +381,27 @@ def test_boot_to_gpu_pod_running_on_a_real_kubelet_and_scheduler(
         assert 'namespace="default"' in line and 'container="cuda"' in line, line
 
         # never a 403 for the agent (the node's identity) or the controller
+        records = plane.settled()
         denied = [
             r
-            for r in plane.settled()
+            for r in records
             if r.code == 403 and r.user in (f"system:node:{NODE}", CONTROLLER.user)
         ]
         assert denied == [], denied
+        # the taint was lifted by the pod: the only holder of the service account's token
+        patched = [
+            r
+            for r in records
+            if r.user == CONTROLLER.user and r.verb == "patch" and r.resource == "nodes"
+        ]
+        assert any(r.name == NODE and r.code == 200 for r in patched), patched
+        (ctl,) = controllerpod.pods(plane)
+        assert ctl["spec"]["nodeName"] == NODE and ctl["spec"]["hostNetwork"] is True
+        (status,) = ctl["status"]["containerStatuses"]
+        assert status["restartCount"] == 0, status
+        assert status["image"].endswith(controllerpod.deployment_image()), status
+        ctl_logs = controllerpod.logs(m)
+        assert "Traceback" not in ctl_logs and "forbidden" not in ctl_logs.lower(), ctl_logs
         print(
             f"\nreal cluster, {scenario}: machine start → "
             + " → ".join(f"{k} {v:.1f} s" for k, v in flow.seen.items())
@@ -364,6 +413,4 @@ def test_boot_to_gpu_pod_running_on_a_real_kubelet_and_scheduler(
     finally:
         if peer is not None:
             peer.stop()
-        controller.terminate()
-        controller.wait(10)
     assert ADMIN.user  # the admin made the pods; the node and controller used their own

@@ -187,6 +187,13 @@ def test_run_an_hgx_node_booting_with_the_fabric_training_turns_ready_by_itself(
             since_boot = time.monotonic() - booted
             assert since_boot >= 3.0  # not before the fabric completed
             print(f"fabric completes 3 s after boot; GPUReady True {since_boot:.2f} s after boot")
+            # the Event is posted after the status patch the condition came with
+            wait_until(
+                "the GPUReady Event",
+                lambda: [e["reason"] for e in box.srv.events()][-1:] == ["GPUReady"],
+                5,
+                run,
+            )
             reasons = [e["reason"] for e in box.srv.events()]
             assert reasons[-2:] == ["FabricNotReady", "GPUReady"], reasons
             assert took < 10
