@@ -91,7 +91,8 @@ def bench_check(box: Sandbox, runs: int) -> str:
         target="≤ 1 s",
     )
     return (
-        f"| `nodeagent check` (14 probes: NVML, GPU health, dockerd, CDI, kubelet args, API), median of "
+        "| `nodeagent check` (14 probes: NVML, GPU health, dockerd, CDI, kubelet args, API), "
+        "median of "
         f"{m.runs} | {m.median_s * 1000:.0f} ms (min {m.min_s * 1000:.0f}, max "
         f"{m.max_s * 1000:.0f}; peak RSS {m.peak_rss_mib:.0f} MiB) | ≤ 1 s |\n"
     )

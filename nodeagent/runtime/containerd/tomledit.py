@@ -402,24 +402,3 @@ def narrowest(metas: Sequence[Optional[FileMeta]]) -> Optional[FileMeta]:
     for m in found:
         mode &= m.mode
     return FileMeta(uid=found[0].uid, gid=found[0].gid, mode=mode)
-
-
-def dumped_plugin(dumped: Mapping[str, Any]) -> str:
-    """The CRI plugin's name in ``containerd config dump`` output (by its version)."""
-    version = dumped.get("version")
-    return CRI_PLUGIN.get(version if isinstance(version, int) else 2, CRI_PLUGIN[2])
-
-
-def dump_problem(dumped: Mapping[str, Any], name: str, set_default: bool) -> Optional[str]:
-    """None when containerd's merged config has the runtime ``name`` (as the default if
-    ``set_default``, else not as the default); else what it shows instead."""
-    cri = cri_of(dumped, dumped_plugin(dumped)) or {}
-    ctd = cri.get("containerd") or {}
-    if not (ctd.get("runtimes") or {}).get(name):
-        return f"containerd config dump shows no '{name}' runtime"
-    default = ctd.get("default_runtime_name")
-    if set_default and default != name:
-        return f"containerd config dump shows default runtime {default!r}"
-    if not set_default and default == name:
-        return f"containerd config dump shows '{name}' as the default runtime"
-    return None
