@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import io
@@ -52,6 +51,8 @@ from typing import IO, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import debroot  # noqa: E402  (packaging/debroot.py: the mirror, the build-once step)
+
 import build  # noqa: E402  (packaging/build.py: the bundle, the lock files, the epoch)
 
 CACHE = Path(os.environ.get("NODEAGENT_IMAGE_CACHE", "/var/cache/nodeagent-image"))
@@ -105,22 +106,6 @@ def log(msg: str) -> None:
 # --- the base root file system ------------------------------------------------------------
 
 
-def mirror() -> str:
-    """The Debian mirror this machine's apt uses (the only one it may reach)."""
-    for f in [*sorted(Path("/etc/apt/sources.list.d").glob("*")), Path("/etc/apt/sources.list")]:
-        try:
-            text = f.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            line = line.strip()
-            if line.startswith("URIs:") and "security" not in line:
-                return line.split()[1]
-            if line.startswith("deb ") and "security" not in line:
-                return next(w for w in line.split()[1:] if w.startswith("http"))
-    return "http://deb.debian.org/debian"
-
-
 def rootfs_key() -> str:
     text = f"{SUITE} {' '.join(ROOTFS_PACKAGES)} {ROOTFS_LAYOUT}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -139,24 +124,17 @@ def why_not() -> Optional[str]:
 def rootfs(cache: Path) -> Path:
     """The cached debootstrap tree the base layer is taken from; built once (concurrent
     builds wait on a lock). It is only read: the layer copies what it needs."""
-    target = cache / f"rootfs-{SUITE}-{rootfs_key()}"
-    if (target / ".complete").exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        tmp = cache / f".building-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def fill(tmp: Path) -> str:
         start = time.monotonic()
-        log(f"debootstrap {SUITE} into {target} (once; cached)")
+        log(f"debootstrap {SUITE} into {cache} (once; cached)")
         cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}"]
-        subprocess.run([*cmd, SUITE, str(tmp), mirror()], check=True, stdout=subprocess.DEVNULL)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        (target / ".complete").write_text(f"built in {time.monotonic() - start:.0f} s\n")
-    return target
+        subprocess.run(
+            [*cmd, SUITE, str(tmp), debroot.mirror()], check=True, stdout=subprocess.DEVNULL
+        )
+        return f"built in {time.monotonic() - start:.0f} s"
+
+    return debroot.cached_root(cache, f"rootfs-{SUITE}-{rootfs_key()}", fill)
 
 
 @dataclasses.dataclass(frozen=True)

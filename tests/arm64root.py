@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import fcntl
 import hashlib
 import os
 import shutil
@@ -57,12 +56,6 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
 
-def mirror() -> str:
-    from tests.e2e.rootfs import mirror as host_mirror
-
-    return host_mirror()
-
-
 def key() -> str:
     h = hashlib.sha256(f"arm64 {SUITE} {' '.join(PACKAGES)} {LAYOUT_VERSION}".encode())
     return h.hexdigest()[:12]
@@ -90,16 +83,11 @@ def why_not() -> Optional[str]:
 
 def build(cache: Path = CACHE) -> Path:
     """The cached arm64 root, built if absent (concurrent callers wait on a lock)."""
-    target = cache / f"rootfs-arm64-{SUITE}-{key()}"
-    if (target / ".complete").exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        tmp = cache / f".building-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+    from tests import packagingscripts
+
+    debroot = packagingscripts.load("debroot")
+
+    def fill(tmp: Path) -> str:
         start = time.monotonic()
         subprocess.run(
             [
@@ -110,7 +98,7 @@ def build(cache: Path = CACHE) -> Path:
                 f"--include={','.join(PACKAGES)}",
                 SUITE,
                 str(tmp),
-                mirror(),
+                debroot.mirror(),
             ],
             check=True,
             stdout=subprocess.DEVNULL,
@@ -128,13 +116,13 @@ def build(cache: Path = CACHE) -> Path:
             raise RuntimeError(f"second stage failed:\n{second.stdout[-3000:]}{second.stderr}")
         for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
             deb.unlink()
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        (target / ".complete").write_text(
+        return (
             f"first stage {first:.0f} s, second stage (emulated) "
-            f"{time.monotonic() - start - first:.0f} s\n"
+            f"{time.monotonic() - start - first:.0f} s"
         )
-    return target
+
+    result: Path = debroot.cached_root(cache, f"rootfs-arm64-{SUITE}-{key()}", fill)
+    return result
 
 
 def run(

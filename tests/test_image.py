@@ -15,7 +15,6 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import gzip
-import importlib.util
 import io
 import json
 import os
@@ -29,13 +28,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
 from nodeagent.config import KubeConfig
+from tests import packagingscripts
 from tests.containerd import Containerd, needs_containerd
 from tests.debcache import FetchError, unpacked
 from tests.dockerd import BASE_CONFIG, Dockerd, needs_dockerd
@@ -46,17 +45,7 @@ from tests.runtimes import MATRIX, runtime
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_image_module() -> ModuleType:
-    """packaging/image.py (not a package: loaded by path, as ``make image`` runs it)."""
-    spec = importlib.util.spec_from_file_location("image", REPO / "packaging" / "image.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["image"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-image = _load_image_module()
+image = packagingscripts.load("image")
 
 DOCKERS = [suite for kind, suite in MATRIX if kind == "docker"]
 CONTAINERDS = [suite for kind, suite in MATRIX if kind == "containerd"]

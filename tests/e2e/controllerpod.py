@@ -28,8 +28,6 @@ This module may not touch the host outside the paths it is given and the image c
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from tests import packagingscripts
 from tests.cluster.controlplane import CONTROLLER_YAML, ControlPlane
 from tests.e2e.machine import Machine
 
@@ -49,16 +48,8 @@ NOT_READY = "node.kubernetes.io/not-ready"
 
 
 def image_module() -> ModuleType:
-    """packaging/image.py (not a package: loaded by path, once, under the name tests use)."""
-    loaded = sys.modules.get("image")
-    if loaded is not None and Path(getattr(loaded, "__file__", "")).name == "image.py":
-        return loaded
-    spec = importlib.util.spec_from_file_location("image", REPO / "packaging" / "image.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["image"] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    """packaging/image.py, loaded once (tests/packagingscripts.py)."""
+    return packagingscripts.load("image")
 
 
 def documents(source: Path = CONTROLLER_YAML) -> list[dict[str, Any]]:

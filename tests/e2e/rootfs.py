@@ -10,7 +10,6 @@ builds it once; each test boots a throwaway overlay over it and never writes to 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -19,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Optional
+
+from tests import packagingscripts
 
 CACHE = Path(os.environ.get("NODEAGENT_E2E_CACHE", "/var/cache/nodeagent-e2e"))
 SUITE = "bookworm"
@@ -38,22 +39,6 @@ PACKAGES = (
 LAYOUT_VERSION = "1"  # bump when the post-debootstrap tweaks below change
 
 
-def mirror() -> str:
-    """The Debian mirror this machine's apt uses (the only one reachable)."""
-    for f in [*sorted(Path("/etc/apt/sources.list.d").glob("*")), Path("/etc/apt/sources.list")]:
-        try:
-            text = f.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            line = line.strip()
-            if line.startswith("URIs:") and "security" not in line:
-                return line.split()[1]
-            if line.startswith("deb ") and "security" not in line:
-                return next(w for w in line.split()[1:] if w.startswith("http"))
-    return "http://deb.debian.org/debian"
-
-
 def key() -> str:
     h = hashlib.sha256(f"{SUITE} {' '.join(PACKAGES)} {LAYOUT_VERSION}".encode())
     return h.hexdigest()[:12]
@@ -71,16 +56,9 @@ def why_not() -> Optional[str]:
 
 def build(cache: Path = CACHE) -> Path:
     """The cached pristine tree, built if absent (concurrent callers wait on a lock)."""
-    target = cache / f"rootfs-{SUITE}-{key()}"
-    if (target / ".complete").exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        tmp = cache / f".building-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+    debroot = packagingscripts.load("debroot")
+
+    def fill(tmp: Path) -> str:
         start = time.monotonic()
         subprocess.run(
             [
@@ -89,16 +67,16 @@ def build(cache: Path = CACHE) -> Path:
                 f"--include={','.join(PACKAGES)}",
                 SUITE,
                 str(tmp),
-                mirror(),
+                debroot.mirror(),
             ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
         _tweak(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        (target / ".complete").write_text(f"built in {time.monotonic() - start:.0f} s\n")
-    return target
+        return f"built in {time.monotonic() - start:.0f} s"
+
+    result: Path = debroot.cached_root(cache, f"rootfs-{SUITE}-{key()}", fill)
+    return result
 
 
 def _tweak(root: Path) -> None:
