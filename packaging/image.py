@@ -51,9 +51,8 @@ from typing import IO, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import debroot  # noqa: E402  (packaging/debroot.py: the mirror, the build-once step)
-
 import build  # noqa: E402  (packaging/build.py: the bundle, the lock files, the epoch)
+import debroot  # noqa: E402  (packaging/debroot.py: the mirror, the build-once step)
 
 CACHE = Path(os.environ.get("NODEAGENT_IMAGE_CACHE", "/var/cache/nodeagent-image"))
 SUITE = "bookworm"
